@@ -70,7 +70,7 @@ class CropGeometry:
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """torchvision Resize(size): the shorter side becomes `size`, the longer floor(size*long/short)."""
+    """torchvision Resize(size): shorter side → `size`, longer → floor(size * long / short)."""
     if width <= height:
         return size, int(size * height / width)
     return int(size * width / height), size
@@ -82,8 +82,8 @@ def crop_geometry(width: int, height: int, size: int) -> CropGeometry:
     Offsets are rounded as torchvision's `center_crop` does (round((resized - size) / 2)).
     """
     rw, rh = resized_size(width, height, size)
-    left = int(round((rw - size) / 2.0))
-    top = int(round((rh - size) / 2.0))
+    left = round((rw - size) / 2.0)
+    top = round((rh - size) / 2.0)
     sx, sy = width / rw, height / rh
     return CropGeometry(left * sx, top * sy, (left + size) * sx, (top + size) * sy)
 
@@ -242,6 +242,6 @@ def reference_decode_and_crop(data: bytes, size: int) -> npt.NDArray[np.uint8]:
         rgb = rgb.transpose(transpose)
     rw, rh = resized_size(rgb.width, rgb.height, size)
     resized = rgb.resize((rw, rh), Image.Resampling.BICUBIC)
-    left = int(round((rw - size) / 2.0))
-    top = int(round((rh - size) / 2.0))
+    left = round((rw - size) / 2.0)
+    top = round((rh - size) / 2.0)
     return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)

@@ -50,9 +50,10 @@ def _pairs(word: Sequence[str]) -> set[tuple[str, str]]:
 
 def clean_text(text: str) -> str:
     """Reference CLIP cleaning: ftfy, double html unescape, whitespace folding, lower case."""
-    text = ftfy.fix_text(text)
+    text = str(ftfy.fix_text(text))
     text = html.unescape(html.unescape(text)).strip()
-    return _WHITESPACE.sub(" ", text).strip().lower()
+    folded: str = _WHITESPACE.sub(" ", text)
+    return folded.strip().lower()
 
 
 class ClipTokenizer:
@@ -117,12 +118,18 @@ class ClipTokenizer:
             self._cache[token] = result
         return result
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text` without start/end tokens, exactly as the reference `encode`."""
+    def encode(self, text: str, max_ids: int | None = None) -> list[int]:
+        """Token ids of `text` without start/end tokens, exactly as the reference `encode`.
+
+        With `max_ids`, stops once that many ids are known: ids past the context are cut anyway,
+        and a 100 kB query should not cost a full BPE pass.
+        """
         ids: list[int] = []
-        for token in _PATTERN.findall(clean_text(text)):
-            mapped = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
+        for match in _PATTERN.finditer(clean_text(text)):
+            mapped = "".join(self.byte_encoder[b] for b in match.group().encode("utf-8"))
             ids.extend(self.encoder[piece] for piece in self.bpe(mapped).split(" "))
+            if max_ids is not None and len(ids) >= max_ids:
+                return ids[:max_ids]
         return ids
 
     def tokenize(self, text: str, context_length: int = CONTEXT_LENGTH) -> npt.NDArray[np.int64]:
@@ -132,9 +139,9 @@ class ClipTokenizer:
         should never fail because someone typed a paragraph. CLIP's text model pools the
         features at the end token, so it must be present.
         """
-        ids = [self.sot, *self.encode(text), self.eot]
+        ids = [self.sot, *self.encode(text, max_ids=context_length), self.eot]
         if len(ids) > context_length:
-            ids = ids[: context_length - 1] + [self.eot]
+            ids = [*ids[: context_length - 1], self.eot]
         out = np.zeros(context_length, dtype=np.int64)
         out[: len(ids)] = ids
         return out

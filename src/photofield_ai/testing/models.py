@@ -1,8 +1,8 @@
 """Generate CLIP-shaped ONNX models with deterministic random weights.
 
 The files have the exact contract of the public clip-variants models (input `input`, output
-`output`, dynamic batch axis; visual [B,3,S,S] float32 or float16, textual [B,77] int32) and the same
-operators a PyTorch export produces, so the server, tests and benchmarks exercise exactly what
+`output`, dynamic batch axis; visual [B,3,S,S] float32 or float16, textual [B,77] int32) and the
+same operators a PyTorch export produces, so the server, tests and benchmarks exercise exactly what
 they would with the real weights. `vit-b-32` has CLIP ViT-B/32's layer shapes, so it costs what the
 real model costs; `tiny` builds in well under a second for tests.
 
@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -113,12 +114,12 @@ class _GraphBuilder:
         data = self.rng.standard_normal(tuple(shape), dtype=np.float32) * np.float32(std)
         return self.const(prefix, data)
 
-    def op(self, op_type: str, inputs: Sequence[str], **attrs: object) -> str:
+    def op(self, op_type: str, inputs: Sequence[str], **attrs: Any) -> str:
         out = self.name(op_type.lower())
         self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], **attrs))
         return out
 
-    def ops(self, op_type: str, inputs: Sequence[str], n: int, **attrs: object) -> list[str]:
+    def ops(self, op_type: str, inputs: Sequence[str], n: int, **attrs: Any) -> list[str]:
         outs = [self.name(op_type.lower()) for _ in range(n)]
         self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, **attrs))
         return outs
@@ -147,8 +148,11 @@ class _GraphBuilder:
         q, k, v = self.ops("Split", [qkv, split], 3, axis=-1)
         per_head = self.const("shape", np.array([0, -1, head_dim], dtype=np.int64))
         scale = self.const("scale", np.array(1.0 / math.sqrt(head_dim), dtype=np.float32))
-        q = self.op("Transpose", [self.op("Reshape", [self.op("Mul", [q, scale]), per_head])],
-                    perm=[1, 0, 2])
+        q = self.op(
+            "Transpose",
+            [self.op("Reshape", [self.op("Mul", [q, scale]), per_head])],
+            perm=[1, 0, 2],
+        )
         k = self.op("Transpose", [self.op("Reshape", [k, per_head])], perm=[1, 2, 0])
         v = self.op("Transpose", [self.op("Reshape", [v, per_head])], perm=[1, 0, 2])
         scores = self.op("MatMul", [q, k])
@@ -170,7 +174,7 @@ class _GraphBuilder:
             x = self.residual_block(x, width, heads, mask)
         return self.op("Transpose", [x], perm=[1, 0, 2])
 
-    def model(self, inputs: list[object], outputs: list[object], name: str) -> object:
+    def model(self, inputs: list[object], outputs: list[object], name: str) -> Any:
         h = self.helper
         graph = h.make_graph(self.nodes, name, inputs, outputs, initializer=self.initializers)
         model = h.make_model(
@@ -186,18 +190,28 @@ def _seed(label: str) -> int:
     return zlib.crc32(label.encode())
 
 
-def build_visual(spec: VisualSpec, seed_label: str = "visual") -> object:
+def build_visual(spec: VisualSpec, seed_label: str = "visual") -> Any:
     """The float32 visual tower: patch conv, class token, positions, transformer, projection."""
     from onnx import TensorProto
 
     g = _GraphBuilder(_seed(seed_label))
     w, s, p = spec.width, spec.image_size, spec.patch_size
-    x = g.op("Conv", ["input", g.weight("conv1", (w, 3, p, p), 1.0 / math.sqrt(3 * p * p))],
-             kernel_shape=[p, p], strides=[p, p])
+    x = g.op(
+        "Conv",
+        ["input", g.weight("conv1", (w, 3, p, p), 1.0 / math.sqrt(3 * p * p))],
+        kernel_shape=[p, p],
+        strides=[p, p],
+    )
     x = g.op("Reshape", [x, g.const("shape", np.array([0, w, -1], dtype=np.int64))])
     x = g.op("Transpose", [x], perm=[0, 2, 1])
-    batch = g.op("Slice", [g.op("Shape", ["input"]), g.const("s", np.array([0], np.int64)),
-                          g.const("e", np.array([1], np.int64))])
+    batch = g.op(
+        "Slice",
+        [
+            g.op("Shape", ["input"]),
+            g.const("s", np.array([0], np.int64)),
+            g.const("e", np.array([1], np.int64)),
+        ],
+    )
     cls_shape = g.op("Concat", [batch, g.const("c", np.array([1, w], np.int64))], axis=0)
     cls = g.op("Expand", [g.weight("class_embedding", (1, 1, w), 1.0), cls_shape])
     x = g.op("Concat", [cls, x], axis=1)
@@ -215,7 +229,7 @@ def build_visual(spec: VisualSpec, seed_label: str = "visual") -> object:
     )
 
 
-def build_textual(spec: TextualSpec, seed_label: str = "textual") -> object:
+def build_textual(spec: TextualSpec, seed_label: str = "textual") -> Any:
     """The float32 text tower: token + position embedding, causal transformer, end-token pooling."""
     from onnx import TensorProto
 
@@ -229,13 +243,13 @@ def build_textual(spec: TextualSpec, seed_label: str = "textual") -> object:
     # x[arange(B), input.argmax(-1)]: the end token has the largest id, so argmax finds it.
     eot = g.op("ArgMax", ["input"], axis=-1, keepdims=0)
     batch = g.op("Gather", [g.op("Shape", ["input"]), g.const("i", np.array(0, np.int64))], axis=0)
-    rows = g.op("Range", [g.const("z", np.array(0, np.int64)), batch,
-                          g.const("one", np.array(1, np.int64))])
+    rows = g.op(
+        "Range", [g.const("z", np.array(0, np.int64)), batch, g.const("one", np.array(1, np.int64))]
+    )
     flat_index = g.op("Add", [g.op("Mul", [rows, g.const("n", np.array(n, np.int64))]), eot])
     flat = g.op("Reshape", [x, g.const("shape", np.array([-1, w], dtype=np.int64))])
     x = g.op("Gather", [flat, flat_index], axis=0)
-    out = g.op("MatMul", [x, g.weight("text_projection", (w, spec.output_dim),
-                                       1.0 / math.sqrt(w))])
+    out = g.op("MatMul", [x, g.weight("text_projection", (w, spec.output_dim), 1.0 / math.sqrt(w))])
     g.nodes.append(g.helper.make_node("Identity", [out], ["output"]))
     return g.model(
         [g.helper.make_tensor_value_info("input", TensorProto.INT32, ["batch", n])],
@@ -244,7 +258,7 @@ def build_textual(spec: TextualSpec, seed_label: str = "textual") -> object:
     )
 
 
-def _save(model: object, path: Path, dtype: str) -> None:
+def _save(model: Any, path: Path, dtype: str) -> None:
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,8 +301,14 @@ def generate(
     visual_spec = spec.visual
     name = preset
     if image_size is not None and image_size != visual_spec.image_size:
-        visual_spec = VisualSpec(image_size, visual_spec.patch_size, visual_spec.width,
-                                 visual_spec.layers, visual_spec.heads, visual_spec.output_dim)
+        visual_spec = VisualSpec(
+            image_size,
+            visual_spec.patch_size,
+            visual_spec.width,
+            visual_spec.layers,
+            visual_spec.heads,
+            visual_spec.output_dim,
+        )
         name = f"{preset}-{image_size}"
     visual_path, textual_path = model_paths(out, name, dtype)
     if force or not visual_path.exists():
@@ -306,8 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--out", type=Path, default=Path("models"))
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="visual input size (clip-variants use 224, 288, 336, 384, 448)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="visual input size (clip-variants use 224, 288, 336, 384, 448)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     args = parser.parse_args(argv)
     visual, textual = generate(args.preset, args.dtype, args.out, args.image_size, args.force)

@@ -1,0 +1,1 @@
+"""HTTP only: routes, request limits, errors as JSON, the OpenAPI document."""

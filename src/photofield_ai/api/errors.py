@@ -1,0 +1,75 @@
+"""Every error leaves as `{"error": "..."}` with the status that says whose fault it was."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from photofield_ai.batcher import (
+    BatcherClosedError,
+    BatchFailedError,
+    QueueFullError,
+    QueueTimeoutError,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "1"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class BodyTooLargeError(ApiError):
+    """Raised from inside `receive` by the body limit; Starlette turns it into the 413."""
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {
+        404: f"not found: {request.url.path}",
+        405: f"method {request.method} not allowed on {request.url.path}",
+    }
+    message = messages.get(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, message, dict(exc.headers or {}))
+
+
+async def handle_batcher_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, QueueFullError | QueueTimeoutError | BatcherClosedError):
+        return error_response(503, str(exc), {"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, BatchFailedError):
+        return error_response(500, str(exc))
+    raise exc
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal server error")
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: handle_api_error,
+    HTTPException: handle_http_exception,
+    QueueFullError: handle_batcher_error,
+    QueueTimeoutError: handle_batcher_error,
+    BatcherClosedError: handle_batcher_error,
+    BatchFailedError: handle_batcher_error,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,128 @@
+"""ASGI middleware: path normalization, the body-size limit and per-endpoint HTTP metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from photofield_ai.api.errors import BodyTooLargeError
+from photofield_ai.metrics import Metrics
+
+_SLASHES = re.compile(r"/{2,}")
+
+
+class CollapseSlashes:
+    """`//image-embeddings` is what a client configured with a trailing slash on the host sends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "//" in scope["path"]:
+            scope = dict(scope)
+            scope["path"] = _SLASHES.sub("/", scope["path"])
+            scope["raw_path"] = scope["path"].encode()
+        await self.app(scope, receive, send)
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, str]) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class LimitBodySize:
+    """Refuse bodies over the limit with 413 while streaming, before buffering them whole.
+
+    A declared Content-Length over the limit is refused before a byte is read; a chunked body is
+    counted as it arrives and cut off once it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body is larger than the limit of {self.max_bytes} bytes"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _send_json(send, 400, {"error": "invalid Content-Length header"})
+                    return
+                if declared > self.max_bytes:
+                    await _send_json(send, 413, {"error": message})
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLargeError(413, message)
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLargeError:
+            if not started:
+                await _send_json(send, 413, {"error": message})
+
+
+class RecordHttpMetrics:
+    """Requests by endpoint, method and status, and their latency. Unknown paths share one label
+    so that scanners cannot blow up the metric's cardinality."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint = scope["path"] if scope["path"] in self.endpoints else "other"
+        method = scope["method"]
+        status = 500
+        started = time.perf_counter()
+
+        async def recording_send(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            self.metrics.http_requests.labels(endpoint, method, str(status)).inc()
+            self.metrics.http_latency.labels(endpoint, method).observe(
+                time.perf_counter() - started
+            )

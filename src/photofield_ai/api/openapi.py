@@ -1,0 +1,174 @@
+"""The OpenAPI 3 document served at /openapi.json, written by hand to match the handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from photofield_ai import __version__
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+        for s in statuses
+    }
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def openapi_document() -> dict[str, Any]:
+    embedding_props = {
+        "embedding_f16_b64": {
+            "type": "string",
+            "format": "byte",
+            "description": "base64 of the float16 little-endian embedding",
+        },
+        "embedding_inv_norm_f16_uint16": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 65535,
+            "description": "the 16 bits of float16(1 / L2 norm), as an integer",
+        },
+    }
+    status = {"type": "object", "properties": {"status": {"type": "string"}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "photofield-ai",
+            "version": __version__,
+            "description": "CLIP image and text embeddings for Photofield, batched "
+            "across requests.",
+        },
+        "paths": {
+            "/image-embeddings": {
+                "post": {
+                    "summary": "Embed one or more images (every file part is an image)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"image": {"type": "string", "format": "binary"}},
+                                    "required": ["image"],
+                                },
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "embeddings in request order",
+                            **_json({"$ref": "#/components/schemas/ImageEmbeddings"}),
+                        },
+                        **_errors(400, 413, 415, 422, 500, 503),
+                    },
+                },
+                "head": {
+                    "summary": "200 when the visual model is ready",
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": {"description": "not ready"},
+                    },
+                },
+            },
+            "/text-embeddings": {
+                "post": {
+                    "summary": "Embed texts",
+                    "requestBody": {
+                        "required": True,
+                        **_json({"$ref": "#/components/schemas/TextsRequest"}),
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "embeddings in request order",
+                            **_json({"$ref": "#/components/schemas/TextEmbeddings"}),
+                        },
+                        **_errors(400, 413, 500, 503),
+                    },
+                },
+                "head": {
+                    "summary": "200 when the textual model is ready",
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": {"description": "not ready"},
+                    },
+                },
+            },
+            "/health": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {"200": {"description": "alive", **_json(status)}},
+                }
+            },
+            "/ready": {
+                "get": {
+                    "summary": "Readiness: models loaded and not shutting down",
+                    "responses": {
+                        "200": {"description": "ready", **_json(status)},
+                        "503": {"description": "not ready", **_json(status)},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
+                "TextsRequest": {
+                    "type": "object",
+                    "required": ["texts"],
+                    "properties": {"texts": {"type": "array", "items": {"type": "string"}}},
+                },
+                "TextEmbeddings": {
+                    "type": "object",
+                    "required": ["texts"],
+                    "properties": {
+                        "texts": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["text", *embedding_props],
+                                "properties": {"text": {"type": "string"}, **embedding_props},
+                            },
+                        }
+                    },
+                },
+                "ImageEmbeddings": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["field", "filename", *embedding_props],
+                                "properties": {
+                                    "field": {"type": "string"},
+                                    "filename": {"type": "string", "nullable": True},
+                                    **embedding_props,
+                                },
+                            },
+                        }
+                    },
+                },
+            }
+        },
+    }

@@ -1,0 +1,21 @@
+"""Queues and dynamic batching across requests: the part that makes an accelerator pay off."""
+
+from photofield_ai.batcher.batcher import (
+    BatcherClosedError,
+    BatchFailedError,
+    BatchPolicy,
+    DynamicBatcher,
+    QueueFullError,
+    QueueTimeoutError,
+)
+from photofield_ai.batcher.priority import PriorityGate
+
+__all__ = [
+    "BatchFailedError",
+    "BatchPolicy",
+    "BatcherClosedError",
+    "DynamicBatcher",
+    "PriorityGate",
+    "QueueFullError",
+    "QueueTimeoutError",
+]

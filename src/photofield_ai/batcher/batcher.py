@@ -1,0 +1,299 @@
+"""One queue and one batch loop per model.
+
+Requests put items on the queue and await their results; the loop takes up to N items and runs
+ONE session call on the stacked batch in a worker thread. An idle model starts a batch the moment
+an item arrives (a lone request never waits for T); while K batches are in flight, items pile up
+and the next batch takes them all at once, so batches grow with load on their own. T only applies
+when the model is already busy: the oldest item waits at most T ms for the batch to fill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+import numpy as np
+import numpy.typing as npt
+
+from photofield_ai.batcher.priority import PriorityGate
+from photofield_ai.metrics import BatcherMetrics
+
+log = logging.getLogger(__name__)
+
+Array = npt.NDArray[np.generic]
+RunBatch = Callable[[Array], Array]
+
+
+class QueueFullError(Exception):
+    """The model's queue holds `max_queue` items already: the client should retry later."""
+
+
+class QueueTimeoutError(Exception):
+    """The item waited longer than the queue timeout and was not run."""
+
+
+class BatchFailedError(Exception):
+    """The session call for the item's batch raised; other batches are unaffected."""
+
+
+class BatcherClosedError(Exception):
+    """The server is shutting down and takes no new items."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = 32  # N
+    batch_timeout_s: float = 0.002  # T
+    max_concurrent_batches: int = 1  # K
+    max_queue: int = 1024
+    queue_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_concurrent_batches < 1 or self.max_queue < 1:
+            raise ValueError("batch size, concurrent batches and queue size must be at least 1")
+
+
+@dataclass(eq=False)
+class _Entry:
+    item: Array
+    future: asyncio.Future[Array]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        name: str,
+        run_batch: RunBatch,
+        policy: BatchPolicy,
+        metrics: BatcherMetrics | None = None,
+        *,
+        holds: PriorityGate | None = None,
+        yields_to: PriorityGate | None = None,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self._run_batch = run_batch
+        self._metrics = metrics
+        self._holds = holds  # gate this batcher holds while it has work (text)
+        self._yields_to = yields_to  # gate this batcher waits on before a batch (images)
+        self._queue: collections.deque[_Entry] = collections.deque()
+        self._changed = asyncio.Event()
+        self._slots = asyncio.Semaphore(policy.max_concurrent_batches)
+        self._in_flight = 0
+        self._closed = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._holding = False
+
+    # -- public interface -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(
+                self._loop(), name=f"batcher-{self.name}"
+            )
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def submit(self, item: Array) -> Array:
+        (result,) = await self.submit_many([item])
+        return result
+
+    async def submit_many(self, items: Sequence[Array]) -> list[Array]:
+        """Queue all items of one request (or none: a full queue refuses the whole request) and
+        return their results in order. Cancelling the caller drops its still-queued items."""
+        if self._closed:
+            raise BatcherClosedError(f"the {self.name} model is shutting down")
+        if len(self._queue) + len(items) > self.policy.max_queue:
+            if self._metrics:
+                self._metrics.items_rejected.inc(len(items))
+            raise QueueFullError(
+                f"the {self.name} queue is full ({len(self._queue)} of {self.policy.max_queue} "
+                "items waiting)"
+            )
+        loop = asyncio.get_running_loop()
+        entries = [_Entry(item, loop.create_future()) for item in items]
+        for entry in entries:
+            entry.future.add_done_callback(functools.partial(self._on_done, entry))
+        self._queue.extend(entries)
+        self._queue_changed()
+        try:
+            return list(await asyncio.gather(*(e.future for e in entries)))
+        except BaseException:
+            for entry in entries:
+                entry.future.cancel()
+            raise
+
+    async def close(self, grace_s: float) -> None:
+        """Stop taking items; let queued and running batches finish for up to `grace_s`."""
+        self._closed = True
+        self._changed.set()
+        deadline = time.monotonic() + grace_s
+        while (self._queue or self._batch_tasks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for entry in list(self._queue):
+            if not entry.future.done():
+                entry.future.set_exception(
+                    BatcherClosedError(f"the {self.name} model shut down before this item ran")
+                )
+        if self._batch_tasks:
+            await asyncio.wait(self._batch_tasks, timeout=max(0.0, deadline - time.monotonic()))
+
+    # -- internals --------------------------------------------------------------------------
+    def _queue_changed(self) -> None:
+        if self._metrics:
+            self._metrics.queue_depth.set(len(self._queue))
+        self._update_hold()
+        self._changed.set()
+
+    def _update_hold(self) -> None:
+        if self._holds is None:
+            return
+        busy = bool(self._queue) or self._in_flight > 0
+        if busy and not self._holding:
+            self._holds.hold()
+            self._holding = True
+        elif not busy and self._holding:
+            self._holds.release()
+            self._holding = False
+
+    def _on_done(self, entry: _Entry, _future: object) -> None:
+        """A cancelled future (client gone) leaves the queue at once, so depth stays exact."""
+        if entry.future.cancelled():
+            try:
+                self._queue.remove(entry)
+            except ValueError:
+                return  # already taken into a batch; its result is simply discarded
+            if self._metrics:
+                self._metrics.items_dropped_disconnected.inc()
+            self._queue_changed()
+
+    async def _wait_for_items(self) -> bool:
+        while not self._queue:
+            if self._closed:
+                return False
+            self._changed.clear()
+            await self._changed.wait()
+        return True
+
+    async def _wait_to_fill(self) -> None:
+        """Only while other batches run: give the batch up to T to fill (never when idle)."""
+        timeout = self.policy.batch_timeout_s
+        if self._in_flight == 0 or timeout <= 0:
+            return
+        while self._queue and len(self._queue) < self.policy.max_batch_size:
+            remaining = self._queue[0].enqueued + timeout - time.monotonic()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Entry]:
+        batch: list[_Entry] = []
+        timeout = self.policy.queue_timeout_s
+        now = time.monotonic()
+        while self._queue and len(batch) < self.policy.max_batch_size:
+            entry = self._queue.popleft()
+            if entry.future.done():
+                continue
+            if timeout is not None and now - entry.enqueued > timeout:
+                entry.future.set_exception(
+                    QueueTimeoutError(
+                        f"waited {now - entry.enqueued:.3f} s in the {self.name} queue, "
+                        "longer than "
+                        f"the queue timeout of {timeout:.3f} s"
+                    )
+                )
+                if self._metrics:
+                    self._metrics.items_dropped_timeout.inc()
+                continue
+            batch.append(entry)
+        self._queue_changed()
+        return batch
+
+    async def _loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                if not await self._wait_for_items():
+                    self._slots.release()
+                    return
+                if self._yields_to is not None:
+                    await self._yields_to.wait_clear()
+                await self._wait_to_fill()
+                batch = self._take_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            if not batch:
+                self._slots.release()
+                continue
+            self._in_flight += 1
+            self._update_hold()
+            if self._metrics:
+                self._metrics.batches_in_flight.set(self._in_flight)
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+
+    def _stack_and_run(self, items: list[Array]) -> Array:
+        return self._run_batch(np.stack(items))
+
+    async def _run(self, batch: list[_Entry]) -> None:
+        m = self._metrics
+        started = time.monotonic()
+        if m:
+            m.batch_size.observe(len(batch))
+            for entry in batch:
+                m.queue_wait.observe(started - entry.enqueued)
+        try:
+            outputs = await anyio.to_thread.run_sync(self._stack_and_run, [e.item for e in batch])
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"model returned {len(outputs)} rows for {len(batch)} items")
+        except Exception as exc:
+            log.error("%s batch of %d items failed: %s", self.name, len(batch), exc)
+            if m:
+                m.batches_failed.inc()
+                m.items_failed.inc(len(batch))
+            error = BatchFailedError(f"{self.name} inference failed for this batch: {exc}")
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(error)
+        else:
+            finished = time.monotonic()
+            if m:
+                m.inference.observe(finished - started)
+                m.batches.inc()
+                m.items.inc(len(batch))
+            for entry, output in zip(batch, outputs, strict=True):
+                if m:
+                    m.item_latency.observe(finished - entry.enqueued)
+                if not entry.future.done():
+                    entry.future.set_result(output)
+        finally:
+            self._in_flight -= 1
+            self._update_hold()
+            if m:
+                m.batches_in_flight.set(self._in_flight)
+            self._slots.release()
+            self._changed.set()

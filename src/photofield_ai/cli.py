@@ -1,0 +1,117 @@
+"""Command line: `photofield-ai [serve]`, `photofield-ai download`, `photofield-ai --version`.
+
+Start-up problems a user can fix — a bad setting, an unreachable URL, a model that does not
+load, a port in use — end the program with one line on stderr and a non-zero exit, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from photofield_ai import __version__
+from photofield_ai.config import Settings, SettingsError
+from photofield_ai.models import ModelResolutionError
+from photofield_ai.runtime import ModelLoadError, ProviderError
+
+log = logging.getLogger("photofield_ai")
+STARTUP_ERRORS = (SettingsError, ModelResolutionError, ModelLoadError, ProviderError)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"photofield-ai: error: {message}", file=sys.stderr)
+    return 1
+
+
+def serve(settings: Settings) -> int:
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    from photofield_ai.app import create_app, load_models
+
+    models = load_models(settings)
+    app = create_app(settings, models)
+    state = app.state.server
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.graceful_timeout = settings.shutdown_grace_s
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 75
+    config.h11_max_incomplete_size = 64 * 1024
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            log.info("Received %s: draining (readiness is now false)", signal.Signals(signum).name)
+            state.draining = True
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        log.info("Listening on %s:%d", settings.host, settings.port)
+        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+    log.info("Stopped")
+    return 0
+
+
+def download(settings: Settings) -> int:
+    from photofield_ai.app import resolve_models
+
+    _, visual, textual = resolve_models(settings)
+    print(visual)
+    print(textual)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="photofield-ai",
+        description="CLIP image and text embeddings for Photofield, batched across requests. "
+        "Configured with PHOTOFIELD_AI_* environment variables (see README).",
+    )
+    parser.add_argument("--version", action="version", version=f"photofield-ai {__version__}")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "download"],
+        help="serve (default): run the server; download: fetch the configured "
+        "models into the models directory and exit",
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        return _fail(str(exc))
+    _configure_logging(settings.log_level)
+    try:
+        return serve(settings) if args.command == "serve" else download(settings)
+    except STARTUP_ERRORS as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Prometheus metrics: one registry per app, so several servers (and tests) never share counts.
+
+Names follow Prometheus conventions (base units, `_total` counters, `_seconds` durations). The
+queue-depth gauge is what an autoscaler reads, so it is set from the queue's real length at every
+change rather than counted up and down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+NAMESPACE = "photofield_ai"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class BatcherMetrics:
+    """The metrics of one model's queue and batcher, with the `model` label already bound."""
+
+    queue_depth: Gauge
+    batch_size: Histogram
+    queue_wait: Histogram
+    inference: Histogram
+    item_latency: Histogram
+    items: Counter
+    items_failed: Counter
+    batches: Counter
+    batches_failed: Counter
+    items_dropped_disconnected: Counter
+    items_dropped_timeout: Counter
+    items_rejected: Counter
+    batches_in_flight: Gauge
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r, ns = self.registry, NAMESPACE
+        self.queue_depth = Gauge(
+            "queue_depth",
+            "Items waiting in the model's queue, not yet in a batch",
+            ["model"],
+            namespace=ns,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "batch_size",
+            "Items per session call",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "queue_wait_seconds",
+            "Time an item waited in the queue before its batch started",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "inference_seconds",
+            "Duration of one batched session call",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.item_latency = Histogram(
+            "item_seconds",
+            "Time from enqueue to result for one item",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.items = Counter(
+            "items_processed", "Items embedded", ["model"], namespace=ns, registry=r
+        )
+        self.items_failed = Counter(
+            "items_failed", "Items whose batch failed", ["model"], namespace=ns, registry=r
+        )
+        self.batches = Counter(
+            "batches_processed", "Session calls that succeeded", ["model"], namespace=ns, registry=r
+        )
+        self.batches_failed = Counter(
+            "batches_failed", "Session calls that raised", ["model"], namespace=ns, registry=r
+        )
+        self.items_dropped = Counter(
+            "items_dropped",
+            "Queued items dropped before running",
+            ["model", "reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.items_rejected = Counter(
+            "items_rejected",
+            "Items refused because the queue was full",
+            ["model"],
+            namespace=ns,
+            registry=r,
+        )
+        self.batches_in_flight = Gauge(
+            "batches_in_flight", "Session calls running now", ["model"], namespace=ns, registry=r
+        )
+        self.http_requests = Counter(
+            "http_requests",
+            "HTTP requests answered",
+            ["endpoint", "method", "status"],
+            namespace=ns,
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            ["endpoint", "method"],
+            buckets=_LATENCY_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.preprocess = Histogram(
+            "preprocess_seconds",
+            "Decode and preprocess time of one item (image decode/resize or text tokenization)",
+            ["kind"],
+            buckets=_LATENCY_BUCKETS,
+            namespace=ns,
+            registry=r,
+        )
+        self.model_info = Info("model", "Loaded models", ["model"], namespace=ns, registry=r)
+
+    def for_batcher(self, model: str) -> BatcherMetrics:
+        return BatcherMetrics(
+            queue_depth=self.queue_depth.labels(model),
+            batch_size=self.batch_size.labels(model),
+            queue_wait=self.queue_wait.labels(model),
+            inference=self.inference.labels(model),
+            item_latency=self.item_latency.labels(model),
+            items=self.items.labels(model),
+            items_failed=self.items_failed.labels(model),
+            batches=self.batches.labels(model),
+            batches_failed=self.batches_failed.labels(model),
+            items_dropped_disconnected=self.items_dropped.labels(model, "client_disconnected"),
+            items_dropped_timeout=self.items_dropped.labels(model, "queue_timeout"),
+            items_rejected=self.items_rejected.labels(model),
+            batches_in_flight=self.batches_in_flight.labels(model),
+        )
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
