@@ -121,7 +121,16 @@ def _turbojpeg() -> object | None:
                 try:
                     from turbojpeg import TurboJPEG
 
-                    _turbo = TurboJPEG()
+                    class StrictTurboJPEG(TurboJPEG):  # type: ignore[misc]
+                        """PyTurboJPEG only *warns* on a truncated or corrupt JPEG and returns
+                        grey-filled pixels. Raise instead, so that such files take the Pillow
+                        path, which decodes the merely-odd ones and refuses the broken ones.
+                        (PyTurboJPEG 1.x's private hook; the version is pinned below 2.)"""
+
+                        def _TurboJPEG__report_error(self, handle: object) -> None:
+                            raise OSError(self._TurboJPEG__get_error_string(handle))
+
+                    _turbo = StrictTurboJPEG()
                 except (OSError, RuntimeError, ImportError):
                     _turbo = False
     return _turbo or None
