@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -36,12 +37,25 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """Fail before loading models and starting the server's lifespan, where a bind error would
+    surface as a cancelled-lifespan traceback instead of one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
 def serve(settings: Settings) -> int:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
     from photofield_ai.app import create_app, load_models
 
+    try:
+        _check_bindable(settings.host, settings.port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
     models = load_models(settings)
     app = create_app(settings, models)
     state = app.state.server
