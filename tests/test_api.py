@@ -30,16 +30,18 @@ def assert_embedding_fields(item: dict[str, object]) -> np.ndarray:
     return vector
 
 
-def test_image_embedding_matches_the_model(server: ServerProcess, heavy_industry: bytes,
-                                           tiny_float32: tuple[Path, Path]) -> None:
-    r = httpx.post(server.url + "/image-embeddings",
-                   files={"image": ("heavy-industry.jpg", heavy_industry, "image/jpeg")})
+def test_image_embedding_matches_the_model(
+    server: ServerProcess, heavy_industry: bytes, tiny_float32: tuple[Path, Path]
+) -> None:
+    r = httpx.post(
+        server.url + "/image-embeddings",
+        files={"image": ("heavy-industry.jpg", heavy_industry, "image/jpeg")},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert list(body) == ["images"] and len(body["images"]) == 1
     item = body["images"][0]
-    assert list(item) == ["field", "filename", "embedding_f16_b64",
-                          "embedding_inv_norm_f16_uint16"]
+    assert list(item) == ["field", "filename", "embedding_f16_b64", "embedding_inv_norm_f16_uint16"]
     assert (item["field"], item["filename"]) == ("image", "heavy-industry.jpg")
     got = assert_embedding_fields(item)
     session = ModelSession(tiny_float32[0], CPU)
@@ -54,17 +56,23 @@ def test_many_images_come_back_in_request_order(server: ServerProcess) -> None:
     assert r.status_code == 200, r.text
     items = r.json()["images"]
     assert [(i["field"], i["filename"]) for i in items] == [
-        (f"field{i}", f"photo{i}.jpg") for i in range(5)]
+        (f"field{i}", f"photo{i}.jpg") for i in range(5)
+    ]
     vectors = [assert_embedding_fields(i) for i in items]
     for i, data in enumerate(images):  # each equals the same image sent alone
-        alone = httpx.post(server.url + "/image-embeddings",
-                           files={"image": ("x.jpg", data, "image/jpeg")}).json()["images"][0]
-        np.testing.assert_allclose(assert_embedding_fields(alone).astype(np.float32),
-                                   vectors[i].astype(np.float32), atol=2e-3)
+        alone = httpx.post(
+            server.url + "/image-embeddings", files={"image": ("x.jpg", data, "image/jpeg")}
+        ).json()["images"][0]
+        np.testing.assert_allclose(
+            assert_embedding_fields(alone).astype(np.float32),
+            vectors[i].astype(np.float32),
+            atol=2e-3,
+        )
 
 
-def test_text_embeddings_match_the_model(server: ServerProcess,
-                                         tiny_float32: tuple[Path, Path]) -> None:
+def test_text_embeddings_match_the_model(
+    server: ServerProcess, tiny_float32: tuple[Path, Path]
+) -> None:
     texts = ["hawk", "beach sunset", "", "cat eyes"]
     r = httpx.post(server.url + "/text-embeddings", json={"texts": texts})
     assert r.status_code == 200, r.text
@@ -75,8 +83,9 @@ def test_text_embeddings_match_the_model(server: ServerProcess,
     tokenizer = ClipTokenizer.from_package()
     expected = session.run(np.stack([tokenizer.tokenize(t) for t in texts]))
     for item, row in zip(items, expected, strict=True):
-        np.testing.assert_allclose(assert_embedding_fields(item).astype(np.float32),
-                                   row.astype(np.float16), atol=1e-3)
+        np.testing.assert_allclose(
+            assert_embedding_fields(item).astype(np.float32), row.astype(np.float16), atol=1e-3
+        )
 
 
 def test_empty_text_list(server: ServerProcess) -> None:
@@ -102,51 +111,75 @@ def test_doubled_slash_still_works(server: ServerProcess, heavy_industry: bytes)
     assert httpx.post(server.url + "//text-embeddings", json={"texts": ["x"]}).status_code == 200
 
 
-@pytest.mark.parametrize(("kwargs", "status", "needle"), [
-    ({"files": {}, "data": {}}, 415, "multipart/form-data"),
-    ({"content": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "multipart"),
-    ({"data": {"image": "not a file"}, "files": {"dummy": ("", b"")}}, 400, "not a file"),
-    ({"content": b"--xyz\r\n\r\n--xyz--\r\n",
-      "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}}, 400, ""),
-    ({"files": {"image": ("bad.jpg", b"not an image at all", "image/jpeg")}}, 422,
-     "filename 'bad.jpg'"),
-])
-def test_bad_image_requests(server: ServerProcess, kwargs: dict[str, object], status: int,
-                            needle: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "status", "needle"),
+    [
+        ({"files": {}, "data": {}}, 415, "multipart/form-data"),
+        ({"content": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "multipart"),
+        ({"data": {"image": "not a file"}, "files": {"dummy": ("", b"")}}, 400, "not a file"),
+        (
+            {
+                "content": b"--xyz\r\n\r\n--xyz--\r\n",
+                "headers": {"Content-Type": "multipart/form-data; boundary=xyz"},
+            },
+            400,
+            "",
+        ),
+        (
+            {"files": {"image": ("bad.jpg", b"not an image at all", "image/jpeg")}},
+            422,
+            "filename 'bad.jpg'",
+        ),
+    ],
+)
+def test_bad_image_requests(
+    server: ServerProcess, kwargs: dict[str, object], status: int, needle: str
+) -> None:
     r = httpx.post(server.url + "/image-embeddings", **kwargs)  # type: ignore[arg-type]
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]
 
 
 def test_no_file_parts_is_400(server: ServerProcess) -> None:
-    r = httpx.post(server.url + "/image-embeddings",
-                   content=b"--xyz\r\nContent-Disposition: form-data; name=a\r\n\r\n1\r\n--xyz--\r\n",
-                   headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    r = httpx.post(
+        server.url + "/image-embeddings",
+        content=b"--xyz\r\nContent-Disposition: form-data; name=a\r\n\r\n1\r\n--xyz--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+    )
     assert r.status_code == 400 and "not a file" in r.json()["error"]
-    empty = httpx.post(server.url + "/image-embeddings", content=b"--xyz--\r\n",
-                       headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    empty = httpx.post(
+        server.url + "/image-embeddings",
+        content=b"--xyz--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+    )
     assert empty.status_code == 400 and "no image files" in empty.json()["error"]
 
 
-@pytest.mark.parametrize(("body", "needle"), [
-    (b"[1, 2]", "JSON object"),
-    (b'{"text": ["a"]}', 'missing "texts"'),
-    (b'{"texts": "a"}', "must be a list"),
-    (b'{"texts": ["a", 3]}', '"texts"[1] must be a string'),
-    (b'{"texts": [null]}', "must be a string"),
-    (b"{not json", "not valid JSON"),
-    (b'{"texts": ["\xff\xfe"]}', "UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"[1, 2]", "JSON object"),
+        (b'{"text": ["a"]}', 'missing "texts"'),
+        (b'{"texts": "a"}', "must be a list"),
+        (b'{"texts": ["a", 3]}', '"texts"[1] must be a string'),
+        (b'{"texts": [null]}', "must be a string"),
+        (b"{not json", "not valid JSON"),
+        (b'{"texts": ["\xff\xfe"]}', "UTF-8"),
+    ],
+)
 def test_bad_text_requests(server: ServerProcess, body: bytes, needle: str) -> None:
-    r = httpx.post(server.url + "/text-embeddings", content=body,
-                   headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        server.url + "/text-embeddings", content=body, headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 400, r.text
     assert needle in r.json()["error"]
 
 
 def test_one_bad_image_names_its_part(server: ServerProcess, heavy_industry: bytes) -> None:
-    files = [("image", ("good.jpg", heavy_industry, "image/jpeg")),
-             ("image", ("broken.jpg", heavy_industry[:300], "image/jpeg"))]
+    files = [
+        ("image", ("good.jpg", heavy_industry, "image/jpeg")),
+        ("image", ("broken.jpg", heavy_industry[:300], "image/jpeg")),
+    ]
     r = httpx.post(server.url + "/image-embeddings", files=files)
     assert r.status_code == 422
     assert "image 1 (field 'image', filename 'broken.jpg')" in r.json()["error"]
@@ -157,8 +190,10 @@ def test_one_bad_image_names_its_part(server: ServerProcess, heavy_industry: byt
 def test_non_jpeg_formats_over_http(server: ServerProcess) -> None:
     base = photo(200, 150)
     for fmt in ("PNG", "WEBP", "GIF", "BMP", "TIFF"):
-        r = httpx.post(server.url + "/image-embeddings",
-                       files={"image": (f"x.{fmt.lower()}", encode(base, fmt))})
+        r = httpx.post(
+            server.url + "/image-embeddings",
+            files={"image": (f"x.{fmt.lower()}", encode(base, fmt))},
+        )
         assert r.status_code == 200, (fmt, r.text)
 
 
@@ -169,8 +204,9 @@ def test_unknown_path_and_wrong_method_are_json(server: ServerProcess) -> None:
     assert r.status_code == 405 and "not allowed" in r.json()["error"]
 
 
-def test_float16_models_serve(tmp_path: Path, tiny_float16: tuple[Path, Path],
-                              heavy_industry: bytes) -> None:
+def test_float16_models_serve(
+    tmp_path: Path, tiny_float16: tuple[Path, Path], heavy_industry: bytes
+) -> None:
     srv = start_server(tmp_path, *tiny_float16)
     try:
         r = httpx.post(srv.url + "/image-embeddings", files={"image": ("a.jpg", heavy_industry)})
@@ -178,10 +214,8 @@ def test_float16_models_serve(tmp_path: Path, tiny_float16: tuple[Path, Path],
         session = ModelSession(tiny_float16[0], CPU)
         expected = session.run(preprocess_image(heavy_industry, 224)[None])[0]
         got = decode_embedding(r.json()["images"][0]["embedding_f16_b64"])
-        np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32),
-                                   atol=2e-2)
-        assert httpx.post(srv.url + "/text-embeddings",
-                          json={"texts": ["hawk"]}).status_code == 200
+        np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), atol=2e-2)
+        assert httpx.post(srv.url + "/text-embeddings", json={"texts": ["hawk"]}).status_code == 200
         assert "type tensor(float16)" in srv.log()
     finally:
         assert srv.stop() == 0

@@ -63,8 +63,16 @@ def test_unreachable_url(tmp_path: Path) -> None:
         resolve_model(f"http://127.0.0.1:{free_port()}/model.onnx", tmp_path)
 
 
-@pytest.mark.parametrize("value", ["ftp://example.com/model.onnx", "s3://bucket/model.onnx",
-                                   "hf://only-owner", "hf://owner/repo", ""])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ftp://example.com/model.onnx",
+        "s3://bucket/model.onnx",
+        "hf://only-owner",
+        "hf://owner/repo",
+        "",
+    ],
+)
 def test_invalid_values(value: str, tmp_path: Path) -> None:
     with pytest.raises(ModelResolutionError):
         resolve_model(value, tmp_path)
@@ -81,25 +89,31 @@ def _resolve_in_subprocess(value: str, env: dict[str, str]) -> subprocess.Comple
             print("ERROR", exc)
     """)
     full_env = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=full_env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120
+    )
 
 
-def test_hf_reference_downloads_through_huggingface_hub(stand_in: StandIn,
-                                                        tmp_path: Path) -> None:
+def test_hf_reference_downloads_through_huggingface_hub(stand_in: StandIn, tmp_path: Path) -> None:
     stand_in.files["/hf/mlunar/clip-variants/models/clip-x.onnx"] = b"model bytes"
-    env = {"HF_ENDPOINT": stand_in.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
-           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {
+        "HF_ENDPOINT": stand_in.url,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
     first = _resolve_in_subprocess("hf://mlunar/clip-variants/models/clip-x.onnx", env)
     assert first.stdout.strip() == "model bytes", first.stdout + first.stderr
     assert any(k.startswith("GET /mlunar/clip-variants/resolve/") for k in stand_in.requests)
     # Now offline: served from huggingface_hub's cache, no request made.
     before = sum(stand_in.requests.values())
-    offline = _resolve_in_subprocess("hf://mlunar/clip-variants/models/clip-x.onnx",
-                                     {**env, "HF_HUB_OFFLINE": "1"})
+    offline = _resolve_in_subprocess(
+        "hf://mlunar/clip-variants/models/clip-x.onnx", {**env, "HF_HUB_OFFLINE": "1"}
+    )
     assert offline.stdout.strip() == "model bytes", offline.stdout + offline.stderr
     assert sum(stand_in.requests.values()) == before
     # Offline and not cached: a clear error, not a traceback.
-    missing = _resolve_in_subprocess("hf://mlunar/clip-variants/models/other.onnx",
-                                     {**env, "HF_HUB_OFFLINE": "1"})
+    missing = _resolve_in_subprocess(
+        "hf://mlunar/clip-variants/models/other.onnx", {**env, "HF_HUB_OFFLINE": "1"}
+    )
     assert missing.stdout.startswith("ERROR") and "not in the Hugging Face cache" in missing.stdout

@@ -39,12 +39,15 @@ def test_normalize_uses_clip_mean_and_std() -> None:
     rgb[0, 0] = (255, 0, 128)
     out = pp.normalize(rgb)
     assert out.shape == (3, 2, 2) and out.dtype == np.float32
-    expected = [(v / 255 - m) / s for v, m, s in zip((255, 0, 128), pp.CLIP_MEAN, pp.CLIP_STD)]
+    expected = [
+        (v / 255 - m) / s for v, m, s in zip((255, 0, 128), pp.CLIP_MEAN, pp.CLIP_STD, strict=False)
+    ]
     np.testing.assert_allclose(out[:, 0, 0], expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("size", [(256, 256), (320, 480), (640, 427), (1024, 768),
-                                  (2048, 1536), (4000, 3000)])
+@pytest.mark.parametrize(
+    "size", [(256, 256), (320, 480), (640, 427), (1024, 768), (2048, 1536), (4000, 3000)]
+)
 def test_fast_path_matches_reference(size: tuple[int, int]) -> None:
     """libjpeg-turbo DCT scaling + crop-box resize against full decode + resize + crop."""
     assert pp.turbojpeg_available(), "libjpeg-turbo (libturbojpeg) must be installed"
@@ -59,17 +62,23 @@ def test_fast_path_matches_reference(size: tuple[int, int]) -> None:
 
 def test_fast_path_average_psnr_over_photos() -> None:
     sizes = [(256, 192), (480, 320), (800, 1200), (1600, 1200), (3000, 4000), (4032, 3024)]
-    scores = [min(100.0, psnr(pp.decode_and_crop(d, S), pp.reference_decode_and_crop(d, S)))
-              for d in (jpeg(w, h, seed=i) for i, (w, h) in enumerate(sizes))]
-    print("PSNR per photo:", ", ".join(f"{s:.1f}" for s in scores),
-          f"average {np.mean(scores):.1f} dB")
+    scores = [
+        min(100.0, psnr(pp.decode_and_crop(d, S), pp.reference_decode_and_crop(d, S)))
+        for d in (jpeg(w, h, seed=i) for i, (w, h) in enumerate(sizes))
+    ]
+    print(
+        "PSNR per photo:",
+        ", ".join(f"{s:.1f}" for s in scores),
+        f"average {np.mean(scores):.1f} dB",
+    )
     assert min(scores) >= 35 and np.mean(scores) >= 40
 
 
 def test_real_photo_fast_path_is_near_exact(heavy_industry: bytes) -> None:
     # 320x480 needs no DCT scaling: the only difference is the crop-box resize.
-    quality = psnr(pp.decode_and_crop(heavy_industry, S),
-                   pp.reference_decode_and_crop(heavy_industry, S))
+    quality = psnr(
+        pp.decode_and_crop(heavy_industry, S), pp.reference_decode_and_crop(heavy_industry, S)
+    )
     assert quality >= 45
 
 
@@ -77,10 +86,15 @@ def test_real_photo_fast_path_is_near_exact(heavy_industry: bytes) -> None:
 def test_exif_orientation_gives_upright_pixels(orientation: int) -> None:
     upright = photo(400, 300)
     # Store the pixels so that applying `orientation` turns them upright again.
-    inverse = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-               6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
-               8: Image.Transpose.ROTATE_270}
+    inverse = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }
     stored = upright.transpose(inverse[orientation]) if orientation in inverse else upright
     data = with_orientation(stored, orientation)
     expected = pp.reference_decode_and_crop(encode(upright, "JPEG", quality=95), S)
@@ -100,8 +114,9 @@ def _formats() -> dict[str, bytes]:
     palette.info["transparency"] = 0
     return {
         "png": encode(base, "PNG"),
-        "png-16bit-gray": encode(Image.fromarray(
-            (np.asarray(base.convert("L"), dtype=np.uint16) * 257)), "PNG"),
+        "png-16bit-gray": encode(
+            Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257), "PNG"
+        ),
         "png-rgba": encode(rgba, "PNG"),
         "png-la": encode(base.convert("LA"), "PNG"),
         "png-palette-transparency": encode(palette, "PNG"),
@@ -142,12 +157,15 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
         pp.preprocess_image(jpeg(400, 300), S, max_pixels=1000)
 
 
-@pytest.mark.parametrize(("data", "error"), [
-    (b"", pp.ImageDecodeError),
-    (b"\x00\x01 random bytes" * 50, pp.ImageDecodeError),
-    (b"hello, this is a text file named photo.jpg\n", pp.ImageDecodeError),
-    (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n", pp.ImageDecodeError),
-])
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", pp.ImageDecodeError),
+        (b"\x00\x01 random bytes" * 50, pp.ImageDecodeError),
+        (b"hello, this is a text file named photo.jpg\n", pp.ImageDecodeError),
+        (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n", pp.ImageDecodeError),
+    ],
+)
 def test_unreadable_bytes_raise_decode_errors(data: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         pp.preprocess_image(data, S)

@@ -23,14 +23,17 @@ def test_select_providers_follows_the_original_rules() -> None:
     assert select_providers("cpu", ("CUDAExecutionProvider",), available) == CPU  # runtime wins
     assert select_providers(None, None, available) == ["CUDAExecutionProvider", *CPU]
     assert select_providers("all", ("CPUExecutionProvider",), available) == [
-        "CUDAExecutionProvider", *CPU]
+        "CUDAExecutionProvider",
+        *CPU,
+    ]
     assert select_providers(None, ("CPUExecutionProvider",), available) == CPU
 
 
 def test_unknown_provider_is_rejected_with_the_available_list() -> None:
     with pytest.raises(ProviderError) as info:
-        select_providers(None, ("TensorrtExecutionProvider", "CPUExecutionProvider"),
-                         ["CPUExecutionProvider"])
+        select_providers(
+            None, ("TensorrtExecutionProvider", "CPUExecutionProvider"), ["CPUExecutionProvider"]
+        )
     assert "TensorrtExecutionProvider" in str(info.value)
     assert "available: CPUExecutionProvider" in str(info.value)
 
@@ -40,8 +43,9 @@ def test_generated_models_load_and_adapt_dtypes(models_dir: Path, dtype: str) ->
     visual_path, textual_path = generate("tiny", dtype, models_dir)
     visual = ModelSession(visual_path, CPU, expected_kind="visual")
     textual = ModelSession(textual_path, CPU, expected_kind="textual")
-    assert visual.signature.input_type == ("tensor(float)" if dtype == "float32"
-                                           else "tensor(float16)")
+    assert visual.signature.input_type == (
+        "tensor(float)" if dtype == "float32" else "tensor(float16)"
+    )
     assert textual.signature.input_type == "tensor(int32)"
     assert (visual.input_size, textual.input_size) == (224, 77)
     images = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
@@ -51,8 +55,11 @@ def test_generated_models_load_and_adapt_dtypes(models_dir: Path, dtype: str) ->
     tokens = textual.example_input(2)  # int64 in, cast to int32
     assert textual.run(tokens).shape == (2, 512)
     # Batch rows are independent: row 1 alone equals row 1 in the batch.
-    np.testing.assert_allclose(visual.run(images[1:2])[0].astype(np.float32),
-                               out[1].astype(np.float32), atol=2e-3 if dtype == "float16" else 1e-5)
+    np.testing.assert_allclose(
+        visual.run(images[1:2])[0].astype(np.float32),
+        out[1].astype(np.float32),
+        atol=2e-3 if dtype == "float16" else 1e-5,
+    )
 
 
 def test_float16_and_float32_variants_agree(models_dir: Path) -> None:
@@ -86,8 +93,9 @@ def test_int64_token_input_is_supported(models_dir: Path, tmp_path: Path) -> Non
     assert textual.run(textual.example_input(2)).shape == (2, 512)
 
 
-def test_wrong_kind_and_bad_files_are_clear_errors(tiny_float32: tuple[Path, Path],
-                                                   tmp_path: Path) -> None:
+def test_wrong_kind_and_bad_files_are_clear_errors(
+    tiny_float32: tuple[Path, Path], tmp_path: Path
+) -> None:
     visual, textual = tiny_float32
     with pytest.raises(ModelLoadError, match="is a textual model"):
         ModelSession(textual, CPU, expected_kind="visual")
@@ -98,9 +106,12 @@ def test_wrong_kind_and_bad_files_are_clear_errors(tiny_float32: tuple[Path, Pat
     with pytest.raises(ModelLoadError, match="not found"):
         ModelSession(tmp_path / "missing.onnx", CPU)
     # An ONNX file that is not CLIP-shaped: one input of shape [B, 10].
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 10])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 10])])
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 10])],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, tmp_path / "other.onnx")
@@ -115,14 +126,18 @@ def _float16_transpose_matmul(path: Path) -> None:
     from onnxconverter_common import float16
 
     w = numpy_helper.from_array(
-        np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w")
+        np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w"
+    )
     g = helper.make_graph(
-        [helper.make_node("Transpose", ["input"], ["t"], perm=[1, 0, 2]),
-         helper.make_node("MatMul", ["t", "w"], ["output"])],
+        [
+            helper.make_node("Transpose", ["input"], ["t"], perm=[1, 0, 2]),
+            helper.make_node("MatMul", ["t", "w"], ["output"]),
+        ],
         "transpose_matmul",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 77, 64])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [77, "batch", 64])],
-        initializer=[w])
+        initializer=[w],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(float16.convert_float_to_float16(m, keep_io_types=False), path)
@@ -135,8 +150,7 @@ def _create_session_in_subprocess(path: Path, guarded: bool) -> subprocess.Compl
         s = ort.InferenceSession({str(path)!r}, providers=["CPUExecutionProvider"], {kwargs})
         print(s.run(None, {{"input": np.ones((2, 77, 64), np.float16)}})[0].shape)
     """)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
 def _ort_version() -> tuple[int, int]:
@@ -152,11 +166,14 @@ def test_float16_crash_guard(tmp_path: Path) -> None:
     assert guarded.returncode == 0, guarded.stderr
     assert "(77, 2, 64)" in guarded.stdout
     if platform.machine() not in ("x86_64", "AMD64") or not (1, 23) <= _ort_version() <= (1, 32):
-        pytest.skip(f"the crash is known on x86-64 with onnxruntime 1.23-1.32, "
-                    f"not {ort.__version__} on {platform.machine()}")
+        pytest.skip(
+            f"the crash is known on x86-64 with onnxruntime 1.23-1.32, "
+            f"not {ort.__version__} on {platform.machine()}"
+        )
     unguarded = _create_session_in_subprocess(path, guarded=False)
     assert unguarded.returncode == -11, (
-        f"expected SIGSEGV without the guard, got {unguarded.returncode}: {unguarded.stderr[-500:]}")
+        f"expected SIGSEGV without the guard, got {unguarded.returncode}: {unguarded.stderr[-500:]}"
+    )
 
 
 def test_model_session_survives_the_crashing_float16_pattern(tmp_path: Path) -> None:
@@ -166,18 +183,23 @@ def test_model_session_survives_the_crashing_float16_pattern(tmp_path: Path) -> 
     from onnxconverter_common import float16
 
     w = numpy_helper.from_array(
-        np.random.default_rng(0).standard_normal((64, 512)).astype(np.float32), "w")
+        np.random.default_rng(0).standard_normal((64, 512)).astype(np.float32), "w"
+    )
     emb = numpy_helper.from_array(
-        np.random.default_rng(1).standard_normal((49408, 64)).astype(np.float32), "emb")
+        np.random.default_rng(1).standard_normal((49408, 64)).astype(np.float32), "emb"
+    )
     g = helper.make_graph(
-        [helper.make_node("Gather", ["emb", "input"], ["x"]),
-         helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
-         helper.make_node("MatMul", ["t", "w"], ["m"]),
-         helper.make_node("ReduceMean", ["m"], ["output"], axes=[0], keepdims=0)],
+        [
+            helper.make_node("Gather", ["emb", "input"], ["x"]),
+            helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+            helper.make_node("MatMul", ["t", "w"], ["m"]),
+            helper.make_node("ReduceMean", ["m"], ["output"], axes=[0], keepdims=0),
+        ],
         "textual",
         [helper.make_tensor_value_info("input", TensorProto.INT32, ["batch", 77])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 512])],
-        initializer=[w, emb])
+        initializer=[w, emb],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(float16.convert_float_to_float16(m, keep_io_types=False), path)
@@ -187,7 +209,8 @@ def test_model_session_survives_the_crashing_float16_pattern(tmp_path: Path) -> 
         s = ModelSession(Path({str(path)!r}), ["CPUExecutionProvider"], expected_kind="textual")
         print(s.run(s.example_input(3)).shape)
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "(3, 512)" in result.stdout

@@ -28,7 +28,7 @@ def test_ids_equal_reference(tokenizer: ClipTokenizer, case: dict[str, object]) 
     if len(expected) <= CONTEXT_LENGTH:
         assert tokens == expected + [0] * (CONTEXT_LENGTH - len(expected))
     else:  # cut to the context with the end token last, never an error
-        assert tokens == expected[: CONTEXT_LENGTH - 1] + [CASES["eot"]]
+        assert tokens == [*expected[: CONTEXT_LENGTH - 1], CASES["eot"]]
 
 
 def test_some_case_is_longer_than_the_context() -> None:

@@ -4,7 +4,8 @@ While a library indexes, the visual model is saturated for hours; a search typed
 not queue behind seconds of image batches. The textual batcher holds this gate while it has work
 queued or running, and the visual batcher waits for the gate to clear before it starts a new
 batch. A running image batch is never interrupted, so text waits at most for the remainder of
-one image batch, sharing the cores with it meanwhile.
+one image batch, sharing the cores with it meanwhile. So that a flood of searches cannot starve
+indexing, an image batch waits at most `max_wait_s` for the gate.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import asyncio
 
 
 class PriorityGate:
-    def __init__(self) -> None:
+    def __init__(self, max_wait_s: float = 1.0) -> None:
+        self.max_wait_s = max_wait_s
         self._holders = 0
         self._clear = asyncio.Event()
         self._clear.set()
@@ -33,4 +35,7 @@ class PriorityGate:
         return self._holders > 0
 
     async def wait_clear(self) -> None:
-        await self._clear.wait()
+        try:
+            await asyncio.wait_for(self._clear.wait(), self.max_wait_s)
+        except TimeoutError:
+            pass

@@ -1,0 +1,272 @@
+"""The dynamic batcher with a fake slow model (a real one adds nothing to what is tested here)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from photofield_ai.batcher import (
+    BatcherClosedError,
+    BatchFailedError,
+    BatchPolicy,
+    DynamicBatcher,
+    PriorityGate,
+    QueueFullError,
+    QueueTimeoutError,
+)
+from photofield_ai.metrics import Metrics
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class SlowModel:
+    """Doubles its input after `delay` seconds; records every batch it ran."""
+
+    def __init__(self, delay: float = 0.0, fail_on: float | None = None) -> None:
+        self.delay = delay
+        self.fail_on = fail_on
+        self.batches: list[list[float]] = []
+        self.running = 0
+        self.max_running = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            time.sleep(self.delay)
+            values = [float(v) for v in batch[:, 0]]
+            self.batches.append(values)
+            if self.fail_on is not None and self.fail_on in values:
+                raise RuntimeError("injected failure")
+            return batch * 2
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def item(value: float) -> np.ndarray:
+    return np.array([value], dtype=np.float32)
+
+
+def make(
+    model: Callable[[np.ndarray], np.ndarray], metrics: Metrics | None = None, **policy: object
+) -> DynamicBatcher:
+    batcher = DynamicBatcher(
+        "visual",
+        model,
+        BatchPolicy(**policy),  # type: ignore[arg-type]
+        metrics.for_batcher("visual") if metrics else None,
+    )
+    batcher.start()
+    return batcher
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"model": "visual", **labels})
+    return 0.0 if value is None else value
+
+
+async def test_lone_item_is_not_delayed_by_the_batch_timeout() -> None:
+    batcher = make(SlowModel(), batch_timeout_s=5.0, max_batch_size=32)
+    started = time.monotonic()
+    assert (await batcher.submit(item(3)))[0] == 6
+    assert time.monotonic() - started < 2.5, "an idle model must start a batch at once"
+    await batcher.close(1)
+
+
+async def test_batches_never_exceed_n_and_results_keep_their_order() -> None:
+    model = SlowModel(delay=0.02)
+    batcher = make(model, max_batch_size=8)
+    results = await asyncio.gather(*(batcher.submit(item(i)) for i in range(50)))
+    assert [float(r[0]) for r in results] == [2.0 * i for i in range(50)]
+    assert all(len(b) <= 8 for b in model.batches)
+    assert sum(len(b) for b in model.batches) == 50
+    many = await batcher.submit_many([item(i) for i in range(20)])
+    assert [float(r[0]) for r in many] == [2.0 * i for i in range(20)]
+    await batcher.close(1)
+
+
+async def test_items_pile_up_while_a_batch_runs() -> None:
+    model = SlowModel(delay=0.3)
+    batcher = make(model, max_batch_size=16)
+    first = asyncio.ensure_future(batcher.submit(item(0)))
+    await asyncio.sleep(0.05)  # the first batch is running now
+    rest = [asyncio.ensure_future(batcher.submit(item(i))) for i in range(1, 11)]
+    await asyncio.gather(first, *rest)
+    assert model.batches == [[0.0], [float(i) for i in range(1, 11)]]
+    await batcher.close(1)
+
+
+async def test_failing_batch_fails_only_its_items() -> None:
+    metrics = Metrics()
+    model = SlowModel(fail_on=-1)
+    batcher = make(model, metrics)
+    with pytest.raises(BatchFailedError, match="inference failed"):
+        await batcher.submit(item(-1))
+    assert (await batcher.submit(item(2)))[0] == 4
+    assert sample(metrics, "photofield_ai_batches_failed_total") == 1
+    assert sample(metrics, "photofield_ai_items_failed_total") == 1
+    assert sample(metrics, "photofield_ai_batches_processed_total") == 1
+    await batcher.close(1)
+
+
+async def test_wrong_row_count_from_the_model_fails_the_batch() -> None:
+    batcher = make(lambda batch: batch[:1])
+    with pytest.raises(BatchFailedError, match="1 rows for 3 items"):
+        await batcher.submit_many([item(1), item(2), item(3)])
+    await batcher.close(1)
+
+
+async def test_cancelled_items_are_dropped_before_they_run() -> None:
+    metrics = Metrics()
+    model = SlowModel(delay=0.3)
+    batcher = make(model, metrics)
+    first = asyncio.ensure_future(batcher.submit(item(1)))
+    await asyncio.sleep(0.05)
+    gone = asyncio.ensure_future(batcher.submit_many([item(2), item(3)]))
+    await asyncio.sleep(0.01)
+    assert batcher.queue_depth == 2
+    assert sample(metrics, "photofield_ai_queue_depth") == 2
+    gone.cancel()
+    await asyncio.sleep(0)
+    assert batcher.queue_depth == 0
+    assert sample(metrics, "photofield_ai_queue_depth") == 0, "the gauge must be exact"
+    await first
+    assert (await batcher.submit(item(4)))[0] == 8
+    assert [2.0] not in model.batches and [2.0, 3.0] not in model.batches
+    assert sample(metrics, "photofield_ai_items_dropped_total", reason="client_disconnected") == 2
+    await batcher.close(1)
+
+
+async def test_full_queue_refuses_at_once() -> None:
+    metrics = Metrics()
+    batcher = make(SlowModel(delay=0.3), metrics, max_queue=4, max_batch_size=2)
+    running = asyncio.ensure_future(batcher.submit(item(0)))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.ensure_future(batcher.submit(item(i))) for i in range(1, 5)]
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(QueueFullError, match="queue is full"):
+        await batcher.submit(item(99))
+    assert time.monotonic() - started < 0.1
+    with pytest.raises(QueueFullError):  # a request is admitted whole or not at all
+        await batcher.submit_many([item(7), item(8)])
+    assert sample(metrics, "photofield_ai_items_rejected_total") == 3
+    await asyncio.gather(running, *queued)
+    await batcher.close(1)
+
+
+async def test_queue_timeout_answers_without_running() -> None:
+    metrics = Metrics()
+    model = SlowModel(delay=0.3)
+    batcher = make(model, metrics, queue_timeout_s=0.1)
+    first = asyncio.ensure_future(batcher.submit(item(1)))
+    await asyncio.sleep(0.05)
+    with pytest.raises(QueueTimeoutError, match="longer than the queue timeout"):
+        await batcher.submit(item(2))
+    await first
+    assert model.batches == [[1.0]]
+    assert sample(metrics, "photofield_ai_items_dropped_total", reason="queue_timeout") == 1
+    await batcher.close(1)
+
+
+async def test_k_batches_run_concurrently() -> None:
+    model = SlowModel(delay=0.2)
+    batcher = make(model, max_batch_size=2, max_concurrent_batches=3, batch_timeout_s=0)
+    await asyncio.gather(*(batcher.submit(item(i)) for i in range(6)))
+    assert model.max_running == 3
+    await batcher.close(1)
+
+
+async def test_busy_model_waits_up_to_t_for_a_fuller_batch() -> None:
+    model = SlowModel(delay=0.5)
+    batcher = make(model, max_batch_size=8, max_concurrent_batches=2, batch_timeout_s=0.3)
+    first = asyncio.ensure_future(batcher.submit(item(0)))  # idle: runs at once
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(batcher.submit(item(1)))  # busy: waits up to T to fill
+    await asyncio.sleep(0.1)
+    third = [asyncio.ensure_future(batcher.submit(item(i))) for i in (2, 3)]
+    await asyncio.gather(first, second, *third)
+    assert model.batches[0] == [0.0]
+    assert sorted(model.batches[1]) == [1.0, 2.0, 3.0]
+    await batcher.close(1)
+
+
+async def test_metrics_count_batches_and_items() -> None:
+    metrics = Metrics()
+    batcher = make(SlowModel(delay=0.05), metrics, max_batch_size=4)
+    await asyncio.gather(*(batcher.submit(item(i)) for i in range(10)))
+    assert sample(metrics, "photofield_ai_items_processed_total") == 10
+    assert sample(metrics, "photofield_ai_batch_size_sum") == 10
+    assert sample(metrics, "photofield_ai_batch_size_count") == sample(
+        metrics, "photofield_ai_batches_processed_total"
+    )
+    assert sample(metrics, "photofield_ai_batches_in_flight") == 0
+    assert sample(metrics, "photofield_ai_queue_depth") == 0
+    await batcher.close(1)
+
+
+async def test_image_batches_yield_to_text_work() -> None:
+    gate = PriorityGate()
+    images = SlowModel()
+    visual = DynamicBatcher("visual", images, BatchPolicy(), yields_to=gate)
+    texts = SlowModel(delay=0.3)
+    textual = DynamicBatcher("textual", texts, BatchPolicy(), holds=gate)
+    visual.start()
+    textual.start()
+    text = asyncio.ensure_future(textual.submit(item(1)))
+    await asyncio.sleep(0.05)
+    assert gate.held
+    image = asyncio.ensure_future(visual.submit(item(2)))
+    await asyncio.sleep(0.1)
+    assert not image.done() and images.batches == [], "images wait while text runs"
+    await text
+    await image
+    assert not gate.held
+    await visual.close(1)
+    await textual.close(1)
+
+
+async def test_close_lets_queued_work_finish_then_refuses() -> None:
+    model = SlowModel(delay=0.1)
+    batcher = make(model, max_batch_size=2)
+    pending = [asyncio.ensure_future(batcher.submit(item(i))) for i in range(6)]
+    await asyncio.sleep(0.01)
+    await batcher.close(grace_s=5)
+    assert [float((await p)[0]) for p in pending] == [2.0 * i for i in range(6)]
+    with pytest.raises(BatcherClosedError):
+        await batcher.submit(item(1))
+
+
+async def test_close_after_grace_fails_what_is_left() -> None:
+    batcher = make(SlowModel(delay=0.5), max_batch_size=1)
+    pending = [asyncio.ensure_future(batcher.submit(item(i))) for i in range(4)]
+    await asyncio.sleep(0.01)
+    await batcher.close(grace_s=0.2)
+    outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    assert any(isinstance(o, BatcherClosedError) for o in outcomes)
+    assert all(isinstance(o, np.ndarray | BatcherClosedError) for o in outcomes)
+
+
+async def test_a_flood_of_text_cannot_starve_images() -> None:
+    gate = PriorityGate(max_wait_s=0.2)
+    visual = DynamicBatcher("visual", SlowModel(), BatchPolicy(), yields_to=gate)
+    visual.start()
+    gate.hold()  # text busy for as long as this test runs
+    started = time.monotonic()
+    await visual.submit(item(1))
+    assert time.monotonic() - started >= 0.15
+    gate.release()
+    await visual.close(1)
