@@ -11,6 +11,7 @@ indexing, an image batch waits at most `max_wait_s` for the gate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 
 class PriorityGate:
@@ -35,7 +36,5 @@ class PriorityGate:
         return self._holders > 0
 
     async def wait_clear(self) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._clear.wait(), self.max_wait_s)
-        except TimeoutError:
-            pass
