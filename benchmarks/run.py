@@ -335,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         gpu=args.gpu,
         quick=quick,
         workdir=args.workdir,
-        measure_s=args.seconds or (3.0 if quick else 10.0 if not args.gpu else 8.0),
-        warmup_s=1.0 if quick else 2.0,
+        measure_s=args.seconds or (3.0 if quick else 10.0 if not args.gpu else 5.0),
+        warmup_s=1.0 if quick or args.gpu else 2.0,
         client_processes=args.client_processes or (min(8, os.cpu_count() or 1) if args.gpu else 1),
     )
     dtype = "float16" if args.gpu else "float32"
