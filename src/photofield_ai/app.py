@@ -19,7 +19,12 @@ from starlette.routing import Route
 
 from photofield_ai.api import routes
 from photofield_ai.api.errors import EXCEPTION_HANDLERS
-from photofield_ai.api.middleware import CollapseSlashes, LimitBodySize, RecordHttpMetrics
+from photofield_ai.api.middleware import (
+    CollapseSlashes,
+    LimitBodySize,
+    RecordHttpMetrics,
+    TrackActiveRequests,
+)
 from photofield_ai.api.openapi import openapi_document
 from photofield_ai.api.state import EmbeddingModel, ServerState
 from photofield_ai.batcher import BatchPolicy, DynamicBatcher, PriorityGate
@@ -59,17 +64,27 @@ def choose_models(settings: Settings, providers: list[str]) -> ModelChoice:
     )
 
 
+DISABLED = frozenset({"none", "off", "disabled"})
+
+
 @dataclass(frozen=True)
 class LoadedModels:
-    visual: ModelSession
-    textual: ModelSession
+    visual: ModelSession | None  # None: disabled with PHOTOFIELD_AI_VISUAL_MODEL=none
+    textual: ModelSession | None
     providers: list[str]
+
+
+def _resolve(value: str, settings: Settings, progress: IO[str] | None) -> Path | None:
+    if value.strip().lower() in DISABLED:
+        return None
+    return resolve_model(value, settings.models_dir, progress)
 
 
 def resolve_models(
     settings: Settings, progress: IO[str] | None = None
-) -> tuple[list[str], Path, Path]:
-    """Select providers and turn both model settings into local files (downloading them)."""
+) -> tuple[list[str], Path | None, Path | None]:
+    """Select providers and turn both model settings into local files (downloading them).
+    A model set to `none` is disabled: its endpoint answers 503."""
     available = available_providers()
     log.info("Available providers: %s", ", ".join(available))
     providers = select_providers(settings.runtime, settings.providers, available)
@@ -77,18 +92,22 @@ def resolve_models(
     choice = choose_models(settings, providers)
     if choice.note:
         log.info(choice.note)
-    visual = resolve_model(choice.visual, settings.models_dir, progress)
-    textual = resolve_model(choice.textual, settings.models_dir, progress)
+    visual = _resolve(choice.visual, settings, progress)
+    textual = _resolve(choice.textual, settings, progress)
     return providers, visual, textual
 
 
 def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedModels:
     providers, visual_path, textual_path = resolve_models(settings, progress)
-    log.info("Loading visual model: %s", visual_path)
-    visual = ModelSession(visual_path, providers, expected_kind="visual")
-    log.info("Loading textual model: %s", textual_path)
-    textual = ModelSession(textual_path, providers, expected_kind="textual")
-    return LoadedModels(visual, textual, providers)
+    sessions: dict[str, ModelSession | None] = {}
+    for kind, path in (("visual", visual_path), ("textual", textual_path)):
+        if path is None:
+            log.info("The %s model is disabled", kind)
+            sessions[kind] = None
+            continue
+        log.info("Loading %s model: %s", kind, path)
+        sessions[kind] = ModelSession(path, providers, expected_kind=kind)  # type: ignore[arg-type]
+    return LoadedModels(sessions["visual"], sessions["textual"], providers)
 
 
 def batch_policy(settings: Settings, accelerated: bool) -> BatchPolicy:
@@ -137,10 +156,6 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
         if models is not None:
             policy = batch_policy(settings, uses_accelerator(models.providers))
             gate = PriorityGate()
-            for session in (models.visual, models.textual):
-                await anyio.to_thread.run_sync(session.warmup)
-                log.info(session.describe())
-                metrics.model_info.labels(session.kind).info(_model_info(session))
             log.info(
                 "Batching: max batch size %d, batch timeout %.1f ms, %d batch(es) in flight, "
                 "queue of %d",
@@ -149,21 +164,25 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
                 policy.max_concurrent_batches,
                 policy.max_queue,
             )
-            textual = DynamicBatcher(
-                "textual", models.textual.run, policy, metrics.for_batcher("textual"), holds=gate
-            )
-            visual = DynamicBatcher(
-                "visual", models.visual.run, policy, metrics.for_batcher("visual"), yields_to=gate
-            )
-            batchers = [visual, textual]
-            for batcher in batchers:
+            for session in (models.visual, models.textual):
+                if session is None:
+                    continue
+                await anyio.to_thread.run_sync(session.warmup)
+                log.info(session.describe())
+                metrics.model_info.labels(session.kind).info(_model_info(session))
+                batcher = DynamicBatcher(
+                    session.kind,
+                    session.run,
+                    policy,
+                    metrics.for_batcher(session.kind),
+                    # Text goes first; images yield to it (only matters when both are loaded).
+                    holds=gate if session.kind == "textual" else None,
+                    yields_to=gate if session.kind == "visual" else None,
+                )
                 batcher.start()
-            state.visual = EmbeddingModel(
-                visual, models.visual.input_size, _model_info(models.visual)
-            )
-            state.textual = EmbeddingModel(
-                textual, models.textual.input_size, _model_info(models.textual)
-            )
+                batchers.append(batcher)
+                model = EmbeddingModel(batcher, session.input_size, _model_info(session))
+                setattr(state, session.kind, model)
         state.ready = True
         try:
             yield
@@ -194,6 +213,7 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(CollapseSlashes),
+            Middleware(TrackActiveRequests, state=state),
             Middleware(RecordHttpMetrics, metrics=metrics, endpoints=endpoints),
             Middleware(LimitBodySize, max_bytes=settings.max_body_bytes),
         ],

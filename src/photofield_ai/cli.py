@@ -61,7 +61,9 @@ def serve(settings: Settings) -> int:
     state = app.state.server
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
-    config.graceful_timeout = settings.shutdown_grace_s
+    # Requests are drained before hypercorn is told to stop (see drain); this only bounds
+    # closing the idle keep-alive connections afterwards.
+    config.graceful_timeout = 5.0
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 75
@@ -70,11 +72,29 @@ def serve(settings: Settings) -> int:
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def drain() -> None:
+            """Readiness is false and new requests get 503 from here on; requests accepted
+            before the signal finish (up to the grace period), then the server stops."""
+            deadline = loop.time() + settings.shutdown_grace_s
+            while state.active_requests > 0 and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            if state.active_requests:
+                log.warning(
+                    "Grace period over with %d request(s) unfinished", state.active_requests
+                )
+            stop.set()
 
         def on_signal(signum: int) -> None:
+            if state.draining:  # a second signal: stop now
+                stop.set()
+                return
             log.info("Received %s: draining (readiness is now false)", signal.Signals(signum).name)
             state.draining = True
-            stop.set()
+            task = loop.create_task(drain())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)

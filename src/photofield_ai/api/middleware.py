@@ -9,7 +9,11 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from photofield_ai.api.errors import BodyTooLargeError
+from photofield_ai.api.state import ServerState
 from photofield_ai.metrics import Metrics
+
+# Set on requests that arrive after SIGTERM: they are refused (503) while earlier ones finish.
+ARRIVED_WHILE_DRAINING = "photofield_ai.arrived_while_draining"
 
 _SLASHES = re.compile(r"/{2,}")
 
@@ -126,3 +130,22 @@ class RecordHttpMetrics:
             self.metrics.http_latency.labels(endpoint, method).observe(
                 time.perf_counter() - started
             )
+
+
+class TrackActiveRequests:
+    """Counts requests in progress, so that shutdown can wait for them (see cli.serve)."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[ARRIVED_WHILE_DRAINING] = self.state.draining
+        self.state.active_requests += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.active_requests -= 1

@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 import anyio.to_thread
 import numpy as np
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from photofield_ai.api.errors import ApiError
+from photofield_ai.api.middleware import ARRIVED_WHILE_DRAINING
 from photofield_ai.api.state import EmbeddingModel, ServerState
 from photofield_ai.clip.preprocess import (
     ImageDecodeError,
@@ -36,8 +38,9 @@ def _state(request: Request) -> ServerState:
     return state
 
 
-def _model(state: ServerState, name: str) -> EmbeddingModel:
-    if state.draining:
+def _model(request: Request, name: str) -> EmbeddingModel:
+    state = _state(request)
+    if request.scope.get(ARRIVED_WHILE_DRAINING, False):
         raise ApiError(503, "server is shutting down", {"Retry-After": "1"})
     model: EmbeddingModel | None = getattr(state, name)
     if model is None:
@@ -79,12 +82,12 @@ def _embedding_fields(vector: np.ndarray[Any, Any]) -> dict[str, Any]:
 
 
 async def head_image_embeddings(request: Request) -> Response:
-    _model(_state(request), "visual")
+    _model(request, "visual")
     return Response(status_code=200)
 
 
 async def head_text_embeddings(request: Request) -> Response:
-    _model(_state(request), "textual")
+    _model(request, "textual")
     return Response(status_code=200)
 
 
@@ -120,7 +123,7 @@ async def _preprocess_part(
 
 async def image_embeddings(request: Request) -> Response:
     state = _state(request)
-    model = _model(state, "visual")
+    model = _model(request, "visual")
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise ApiError(
@@ -129,7 +132,15 @@ async def image_embeddings(request: Request) -> Response:
             f"got Content-Type {content_type or 'none'!r}",
         )
     limit = state.settings.max_images_per_request
-    async with request.form(max_files=limit, max_fields=limit) as form:
+    try:
+        form = await request.form(max_files=limit, max_fields=limit)
+    except HTTPException as exc:
+        if "Too many" in str(exc.detail):
+            raise ApiError(
+                413, f"more than {limit} parts in one request; send at most {limit} images"
+            ) from None
+        raise ApiError(400, f"malformed multipart body: {exc.detail}") from None
+    try:
         parts: list[tuple[str, UploadFile]] = []
         for field, value in form.multi_items():
             if not isinstance(value, UploadFile):
@@ -150,6 +161,8 @@ async def image_embeddings(request: Request) -> Response:
             )
         )
         names = [(field, upload.filename) for field, upload in parts]
+    finally:
+        await form.close()
     try:
         outputs = await _unless_disconnected(request, model.batcher.submit_many(arrays))
     except _ClientDisconnected:
@@ -185,7 +198,7 @@ def _parse_texts(body: bytes, limit: int) -> list[str]:
 
 async def text_embeddings(request: Request) -> Response:
     state = _state(request)
-    model = _model(state, "textual")
+    model = _model(request, "textual")
     texts = _parse_texts(await request.body(), state.settings.max_texts_per_request)
     if not texts:
         return JSONResponse({"texts": []})

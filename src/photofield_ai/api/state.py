@@ -31,3 +31,4 @@ class ServerState:
     decode_limiter: anyio.CapacityLimiter
     ready: bool = False
     draining: bool = False
+    active_requests: int = 0

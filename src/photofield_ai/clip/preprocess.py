@@ -140,6 +140,42 @@ def turbojpeg_available() -> bool:
     return _turbojpeg() is not None
 
 
+# Formats people have in photo libraries that we do not decode, recognized by their first bytes so
+# the client hears "unsupported format X" (415) rather than "not an image".
+_ISO_BMFF_BRANDS = {
+    b"heic": "HEIC",
+    b"heix": "HEIC",
+    b"hevc": "HEIC",
+    b"hevx": "HEIC",
+    b"heim": "HEIC",
+    b"heis": "HEIC",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+    b"avif": "AVIF",
+    b"avis": "AVIF",
+}
+
+
+def sniff_unsupported_format(data: bytes) -> str | None:
+    head = data[:512]
+    if head[4:8] == b"ftyp":
+        return _ISO_BMFF_BRANDS.get(head[8:12], "ISO media (MP4/MOV/HEIF family)")
+    if head.startswith(b"%PDF"):
+        return "PDF"
+    stripped = head.lstrip().lower()
+    if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in stripped):
+        return "SVG"
+    if head.startswith(b"\xff\x0a") or head[4:12] == b"jxl \r\n\x87\n":
+        return "JPEG XL"
+    return None
+
+
+def _unsupported(name: str) -> UnsupportedImageFormatError:
+    return UnsupportedImageFormatError(
+        f"unsupported image format {name}; supported formats: {', '.join(SUPPORTED_FORMATS)}"
+    )
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Open lazily (header only) and refuse what we cannot or will not decode."""
     if not data:
@@ -147,6 +183,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        if (name := sniff_unsupported_format(data)) is not None:
+            raise _unsupported(name) from None
         raise ImageDecodeError(
             "not a recognized image; supported formats: " + ", ".join(SUPPORTED_FORMATS)
         ) from None
@@ -155,10 +193,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(f"cannot read image: {exc}") from None
     if im.format not in SUPPORTED_FORMATS:
-        raise UnsupportedImageFormatError(
-            f"unsupported image format {im.format}; supported formats: "
-            + ", ".join(SUPPORTED_FORMATS)
-        )
+        raise _unsupported(str(im.format))
     width, height = im.size
     if width < 1 or height < 1:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
