@@ -163,9 +163,7 @@ def result_row(label: str, batching: str, r: LoadResult) -> list[str]:
 
 def start(cfg: Config, dtype: str, **env: str) -> ServerProcess:
     visual, textual = generate("vit-b-32", dtype, cfg.workdir / "models")
-    return start_server(
-        cfg.workdir / "servers", visual, textual, startup_timeout=600, **{**cfg.server_env, **env}
-    )
+    return start_server(cfg.workdir / "servers", visual, textual, 600, **{**cfg.server_env, **env})
 
 
 def http_tables(

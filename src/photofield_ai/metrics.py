@@ -122,6 +122,9 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.http_in_flight = Gauge(
+            "http_requests_in_flight", "HTTP requests being handled now", namespace=ns, registry=r
+        )
         self.http_latency = Histogram(
             "http_request_duration_seconds",
             "HTTP request latency",

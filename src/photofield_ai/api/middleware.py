@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -48,6 +49,28 @@ async def _send_json(send: Send, status: int, payload: dict[str, str]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# Before answering 413, read and discard up to this much more of the body (never kept in
+# memory): clients that send the whole body before reading the response (most do) then get the
+# 413 instead of a connection reset. Past this, the connection is answered and closed at once.
+_DISCARD_BYTES = 32 * 1024 * 1024
+_DISCARD_SECONDS = 5.0
+
+
+async def _discard_body(receive: Receive) -> None:
+    discarded = 0
+    deadline = time.monotonic() + _DISCARD_SECONDS
+    while discarded < _DISCARD_BYTES and (remaining := deadline - time.monotonic()) > 0:
+        try:
+            msg = await asyncio.wait_for(receive(), remaining)
+        except TimeoutError:
+            return
+        if msg["type"] != "http.request":
+            return
+        discarded += len(msg.get("body", b""))
+        if not msg.get("more_body", False):
+            return
+
+
 class LimitBodySize:
     """Refuse bodies over the limit with 413 while streaming, before buffering them whole.
 
@@ -72,6 +95,8 @@ class LimitBodySize:
                     await _send_json(send, 400, {"error": "invalid Content-Length header"})
                     return
                 if declared > self.max_bytes:
+                    if declared - self.max_bytes <= _DISCARD_BYTES:
+                        await _discard_body(receive)
                     await _send_json(send, 413, {"error": message})
                     return
         received = 0
@@ -83,6 +108,8 @@ class LimitBodySize:
             if msg["type"] == "http.request":
                 received += len(msg.get("body", b""))
                 if received > self.max_bytes:
+                    if msg.get("more_body", False):
+                        await _discard_body(receive)
                     raise BodyTooLargeError(413, message)
             return msg
 
@@ -145,7 +172,9 @@ class TrackActiveRequests:
             return
         scope[ARRIVED_WHILE_DRAINING] = self.state.draining
         self.state.active_requests += 1
+        self.state.metrics.http_in_flight.inc()
         try:
             await self.app(scope, receive, send)
         finally:
             self.state.active_requests -= 1
+            self.state.metrics.http_in_flight.dec()

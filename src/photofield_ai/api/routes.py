@@ -154,6 +154,7 @@ async def image_embeddings(request: Request) -> Response:
                 "no image files in the request; send each image as a file part "
                 "(Photofield uses the field name 'image')",
             )
+        model.batcher.check_room(len(parts))  # refuse before decoding when overloaded
         arrays = await asyncio.gather(
             *(
                 _preprocess_part(state, model.input_size, i, field, upload)

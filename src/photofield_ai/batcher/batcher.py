@@ -108,6 +108,19 @@ class DynamicBatcher:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def check_room(self, n: int) -> None:
+        """Raise QueueFullError now if `n` items would not fit: lets a handler refuse before
+        spending CPU on decoding images that could not be queued anyway."""
+        if self._closed:
+            raise BatcherClosedError(f"the {self.name} model is shutting down")
+        if len(self._queue) + n > self.policy.max_queue:
+            if self._metrics:
+                self._metrics.items_rejected.inc(n)
+            raise QueueFullError(
+                f"the {self.name} queue is full ({len(self._queue)} of {self.policy.max_queue} "
+                "items waiting)"
+            )
+
     async def submit(self, item: Array) -> Array:
         (result,) = await self.submit_many([item])
         return result
@@ -115,15 +128,7 @@ class DynamicBatcher:
     async def submit_many(self, items: Sequence[Array]) -> list[Array]:
         """Queue all items of one request (or none: a full queue refuses the whole request) and
         return their results in order. Cancelling the caller drops its still-queued items."""
-        if self._closed:
-            raise BatcherClosedError(f"the {self.name} model is shutting down")
-        if len(self._queue) + len(items) > self.policy.max_queue:
-            if self._metrics:
-                self._metrics.items_rejected.inc(len(items))
-            raise QueueFullError(
-                f"the {self.name} queue is full ({len(self._queue)} of {self.policy.max_queue} "
-                "items waiting)"
-            )
+        self.check_room(len(items))
         loop = asyncio.get_running_loop()
         entries = [_Entry(item, loop.create_future()) for item in items]
         for entry in entries:

@@ -156,8 +156,27 @@ _ISO_BMFF_BRANDS = {
 }
 
 
+def _jpeg_precision(data: bytes) -> int | None:
+    """Sample precision from the first SOFn marker (8 for almost every JPEG; 12 or 16 for
+    medical and some raw-converter output, which Pillow and libjpeg-turbo 2 cannot read)."""
+    pos, end = 2, min(len(data), 1 << 20)
+    while pos + 9 < end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            return data[pos + 4]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
+
+
 def sniff_unsupported_format(data: bytes) -> str | None:
     head = data[:512]
+    if head.startswith(b"\xff\xd8") and (precision := _jpeg_precision(data)) not in (None, 8):
+        return f"{precision}-bit JPEG"
     if head[4:8] == b"ftyp":
         return _ISO_BMFF_BRANDS.get(head[8:12], "ISO media (MP4/MOV/HEIF family)")
     if head.startswith(b"%PDF"):
@@ -189,7 +208,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             "not a recognized image; supported formats: " + ", ".join(SUPPORTED_FORMATS)
         ) from None
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(str(exc)) from None
+        raise ImageTooLargeError(f"image has too many pixels to decode safely: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(f"cannot read image: {exc}") from None
     if im.format not in SUPPORTED_FORMATS:
@@ -199,8 +218,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise ImageTooLargeError(
-            f"image is {width}x{height} = {width * height} pixels, more than the limit of "
-            f"{max_pixels}"
+            f"image has too many pixels: {width}x{height} = {width * height}, more than the "
+            f"limit of {max_pixels}"
         )
     return im
 

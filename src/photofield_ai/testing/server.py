@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from starlette.types import ASGIApp
 
 
 def free_port() -> int:
@@ -48,6 +54,7 @@ def start_server(
     visual: Path | None,
     textual: Path | None,
     startup_timeout: float = 120,
+    /,
     **env: str,
 ) -> ServerProcess:
     """Run `python -m photofield_ai` as a user would, with PHOTOFIELD_AI_* from `env`."""
@@ -80,3 +87,40 @@ def start_server(
         time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"server did not become ready:\n{server.log()}")
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: ASGIApp, startup_timeout: float = 60) -> Iterator[str]:
+    """Serve an app built in this process with hypercorn on a loopback port, from a thread.
+
+    For tests that must reach inside the server (inject a failing model, a slow one), yet still
+    talk to it over real HTTP. Yields the base URL.
+    """
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    port = free_port()
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 1.0
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=run, daemon=True, name="hypercorn-test")
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + startup_timeout
+    while not _is_ready(url):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("in-process server did not become ready")
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)

@@ -1,0 +1,365 @@
+"""Bad input, overload, faults and shutdown, each tried against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from photofield_ai.app import LoadedModels, create_app
+from photofield_ai.clip.wire import decode_embedding
+from photofield_ai.config import Settings
+from photofield_ai.runtime import ModelSession
+from photofield_ai.testing.server import serve_in_thread
+from tests.conftest import ServerProcess, start_server
+from tests.corpus import LIMITS, Case, cases
+from tests.images import jpeg
+
+CPU = ["CPUExecutionProvider"]
+CASES = cases()
+
+
+@pytest.fixture(scope="module")
+def limits_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_float32: tuple[Path, Path]
+) -> Iterator[ServerProcess]:
+    srv = start_server(tmp_path_factory.mktemp("limits"), *tiny_float32, **LIMITS)
+    yield srv
+    srv.stop()
+
+
+def send(url: str, case: Case) -> httpx.Response:
+    content: bytes | Iterator[bytes] | None = case.content
+    if case.chunked and case.content is not None:
+        body = case.content
+        content = (body[i : i + 65536] for i in range(0, len(body), 65536))
+    return httpx.request(
+        case.method,
+        url + case.path,
+        files=case.files,
+        data=case.data,
+        content=content,
+        headers=case.headers,
+        timeout=60,
+    )
+
+
+def test_corpus_has_at_least_40_kinds() -> None:
+    assert len(CASES) >= 40
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_corpus(limits_server: ServerProcess, case: Case, heavy_industry: bytes) -> None:
+    r = send(limits_server.url, case)
+    assert r.status_code == case.status, r.text
+    if case.status != 200:
+        body = r.json()
+        assert list(body) == ["error"] and case.needle in body["error"], body
+    elif case.path.endswith("image-embeddings"):
+        assert len(r.json()["images"]) == len(case.files or [1])
+    # ... and the server still answers a good request.
+    ok = httpx.post(
+        limits_server.url + "/image-embeddings",
+        files={"image": ("ok.jpg", heavy_industry, "image/jpeg")},
+        timeout=60,
+    )
+    assert ok.status_code == 200
+
+
+def test_bad_images_never_fail_other_clients_in_the_same_batch(
+    limits_server: ServerProcess, heavy_industry: bytes
+) -> None:
+    bad = [c for c in CASES if c.path == "/image-embeddings" and c.status >= 400 and c.files]
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            good = [
+                client.post(
+                    limits_server.url + "/image-embeddings",
+                    files={"image": ("ok.jpg", heavy_industry, "image/jpeg")},
+                )
+                for _ in range(16)
+            ]
+            broken = [
+                client.post(limits_server.url + "/image-embeddings", files=c.files) for c in bad
+            ]
+            return list(await asyncio.gather(*good, *broken))
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses[:16]] == [200] * 16
+    assert all(400 <= r.status_code < 500 for r in responses[16:])
+
+
+# -- in-process servers, for faults a real model will not produce on demand ---------------------
+class FlakySession(ModelSession):
+    """The real session, plus an injected failure or delay on demand."""
+
+    fail_next = False
+    delay_s = 0.0
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(self.delay_s)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("injected failure")
+        return super().run(batch)
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    return parse_metric(httpx.get(url + "/metrics").text, name, **labels)
+
+
+def parse_metric(text: str, name: str, **labels: str) -> float:
+    label = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    selector = f"{{{re.escape(label)}}}" if labels else ""
+    m = re.search(rf"^{name}{selector} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_failing_session_call_fails_only_its_batch(
+    tiny_float32: tuple[Path, Path], heavy_industry: bytes
+) -> None:
+    visual = FlakySession(tiny_float32[0], CPU)
+    textual = ModelSession(tiny_float32[1], CPU)
+    app = create_app(Settings(), LoadedModels(visual, textual, CPU))
+    with serve_in_thread(app) as url:
+        visual.fail_next = True
+        r = httpx.post(url + "/image-embeddings", files={"image": ("a.jpg", heavy_industry)})
+        assert r.status_code == 500
+        assert r.json() == {"error": "visual inference failed for this batch: injected failure"}
+        assert metric(url, "photofield_ai_batches_failed_total", model="visual") == 1
+        assert metric(url, "photofield_ai_items_failed_total", model="visual") == 1
+        again = httpx.post(url + "/image-embeddings", files={"image": ("a.jpg", heavy_industry)})
+        assert again.status_code == 200
+        assert httpx.post(url + "/text-embeddings", json={"texts": ["x"]}).status_code == 200
+
+
+def test_client_that_leaves_while_queued_is_dropped(
+    tiny_float32: tuple[Path, Path], heavy_industry: bytes
+) -> None:
+    visual = FlakySession(tiny_float32[0], CPU)
+    visual.delay_s = 0.6
+    app = create_app(Settings(), LoadedModels(visual, ModelSession(tiny_float32[1], CPU), CPU))
+    with serve_in_thread(app) as url:
+        busy: list[int] = []
+        first = threading.Thread(
+            target=lambda: busy.append(
+                httpx.post(
+                    url + "/image-embeddings",
+                    files={"image": ("a.jpg", heavy_industry)},
+                    timeout=30,
+                ).status_code
+            )
+        )
+        first.start()
+        time.sleep(0.2)  # the first request's batch is running now
+        request = httpx.Request(
+            "POST",
+            url + "/image-embeddings",
+            files={"image": ("b.jpg", heavy_industry, "image/jpeg")},
+        )
+        content_type = request.headers["Content-Type"]
+        body = request.read()
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                f"POST /image-embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                f"{content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            deadline = time.monotonic() + 5
+            while metric(url, "photofield_ai_queue_depth", model="visual") < 1:
+                assert time.monotonic() < deadline, "the second request never got queued"
+                time.sleep(0.02)
+        # The socket is closed: its queued item must go, and the gauge must say so at once.
+        deadline = time.monotonic() + 5
+        while (
+            metric(
+                url,
+                "photofield_ai_items_dropped_total",
+                model="visual",
+                reason="client_disconnected",
+            )
+            < 1
+        ):
+            assert time.monotonic() < deadline, "the item of the departed client was not dropped"
+            time.sleep(0.02)
+        assert metric(url, "photofield_ai_queue_depth", model="visual") == 0
+        first.join()
+        assert busy == [200]
+        ok = httpx.post(url + "/image-embeddings", files={"image": ("c.jpg", heavy_industry)})
+        assert ok.status_code == 200
+        # Only the two requests that stayed were run.
+        assert metric(url, "photofield_ai_items_processed_total", model="visual") == 2
+
+
+def test_disabled_models_answer_503(
+    tmp_path: Path, tiny_float32: tuple[Path, Path], heavy_industry: bytes
+) -> None:
+    srv = start_server(tmp_path, None, tiny_float32[1], PHOTOFIELD_AI_VISUAL_MODEL="none")
+    try:
+        r = httpx.post(srv.url + "/image-embeddings", files={"image": ("a.jpg", heavy_industry)})
+        assert r.status_code == 503 and r.json() == {
+            "error": "no visual model is loaded on this server"
+        }
+        assert httpx.head(srv.url + "/image-embeddings").status_code == 503
+        assert httpx.post(srv.url + "/text-embeddings", json={"texts": ["a"]}).status_code == 200
+        assert httpx.head(srv.url + "/text-embeddings").status_code == 200
+    finally:
+        assert srv.stop() == 0
+    app = create_app(Settings(), None)
+    with serve_in_thread(app) as url:
+        r = httpx.post(url + "/text-embeddings", json={"texts": ["a"]})
+        assert r.status_code == 503 and "no textual model" in r.json()["error"]
+
+
+# -- overload -----------------------------------------------------------------------------------
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def flood(url: str, images: list[bytes], total: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=total, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        return list(
+            await asyncio.gather(
+                *(
+                    client.post(
+                        url + "/image-embeddings",
+                        files={"image": (f"{i}.jpg", images[i % len(images)], "image/jpeg")},
+                    )
+                    for i in range(total)
+                )
+            )
+        )
+
+
+def test_flood_gets_embeddings_or_503_with_bounded_memory(tiny_float32: tuple[Path, Path]) -> None:
+    """Far more concurrent requests than the queue holds, against a model slowed to 50 ms per
+    batch: every request gets its embedding or an immediate 503, and memory stays bounded.
+    (In-process so the model can be slowed; RSS is this process's, server and client both.)"""
+    visual = FlakySession(tiny_float32[0], CPU)
+    visual.delay_s = 0.05
+    settings = Settings(max_queue=8, max_batch_size=4)
+    app = create_app(settings, LoadedModels(visual, ModelSession(tiny_float32[1], CPU), CPU))
+    images = [jpeg(640, 480, seed=i) for i in range(4)]
+    with serve_in_thread(app) as url:
+        expected = [
+            decode_embedding(
+                httpx.post(url + "/image-embeddings", files={"image": ("x.jpg", d)}).json()[
+                    "images"
+                ][0]["embedding_f16_b64"]
+            )
+            for d in images
+        ]
+        asyncio.run(flood(url, images, 100))  # warm every code path once
+        baseline = rss_bytes(os.getpid())
+        peak = baseline
+        responses: list[httpx.Response] = []
+        for _ in range(2):
+            responses += asyncio.run(flood(url, images, 250))
+            peak = max(peak, rss_bytes(os.getpid()))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    assert statuses.count(503) > 0, "the flood should overflow a queue of 8"
+    assert statuses.count(200) >= 8
+    for i, r in enumerate(responses):
+        if r.status_code == 200:
+            got = decode_embedding(r.json()["images"][0]["embedding_f16_b64"])
+            want = expected[(i % 250) % len(images)]
+            assert np.abs(got.astype(np.float32) - want.astype(np.float32)).max() <= 1e-4
+        else:
+            assert r.headers["Retry-After"] == "1"
+            assert "queue is full" in r.json()["error"]
+    growth = peak - baseline
+    print(
+        f"RSS baseline {baseline / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB; "
+        f"{statuses.count(503)} of {len(statuses)} answered 503"
+    )
+    assert growth < 200e6, f"RSS grew by {growth / 1e6:.0f} MB under a flood"
+
+
+def test_queue_timeout_answers_503_without_running(
+    tmp_path: Path, tiny_float32: tuple[Path, Path]
+) -> None:
+    srv = start_server(
+        tmp_path,
+        *tiny_float32,
+        PHOTOFIELD_AI_QUEUE_TIMEOUT_MS="1",
+        PHOTOFIELD_AI_MAX_BATCH_SIZE="1",
+    )
+    try:
+        responses = asyncio.run(flood(srv.url, [jpeg(256, 192)], 40))
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 503}
+        timed_out = [r for r in responses if r.status_code == 503]
+        assert timed_out, "with a 1 ms queue timeout and batch size 1, some items must time out"
+        assert all("queue timeout" in r.json()["error"] for r in timed_out)
+        dropped = metric(
+            srv.url, "photofield_ai_items_dropped_total", model="visual", reason="queue_timeout"
+        )
+        assert dropped == len(timed_out)
+        assert metric(
+            srv.url, "photofield_ai_items_processed_total", model="visual"
+        ) == statuses.count(200)
+    finally:
+        srv.stop()
+
+
+# -- shutdown -----------------------------------------------------------------------------------
+def test_sigterm_finishes_accepted_requests_then_exits_0(
+    tmp_path: Path, tiny_float32: tuple[Path, Path]
+) -> None:
+    srv = start_server(tmp_path, *tiny_float32, PHOTOFIELD_AI_SHUTDOWN_GRACE_S="60")
+    photos = [jpeg(4000, 3000, seed=i) for i in range(2)]
+
+    async def scenario() -> tuple[list[httpx.Response], int, int]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            accepted = [
+                asyncio.ensure_future(
+                    client.post(
+                        srv.url + "/image-embeddings",
+                        files={"image": (f"{i}.jpg", photos[i % 2], "image/jpeg")},
+                    )
+                )
+                for i in range(16)
+            ]
+            deadline = time.monotonic() + 30
+            # All 16 are in the server (the 17th in flight is this /metrics request itself).
+            while (
+                parse_metric(
+                    (await client.get(srv.url + "/metrics")).text,
+                    "photofield_ai_http_requests_in_flight",
+                )
+                < 17
+            ):
+                assert time.monotonic() < deadline, "the uploads never all arrived"
+                await asyncio.sleep(0.02)
+            srv.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            ready = (await client.get(srv.url + "/ready")).status_code
+            late = (
+                await client.post(srv.url + "/text-embeddings", json={"texts": ["late"]})
+            ).status_code
+            return list(await asyncio.gather(*accepted)), ready, late
+
+    responses, ready, late = asyncio.run(scenario())
+    assert ready == 503, "readiness turns false first"
+    assert late == 503, "requests arriving while draining are refused"
+    assert [r.status_code for r in responses] == [200] * 16, [r.text for r in responses]
+    assert srv.process.wait(60) == 0
+    assert "draining" in srv.log()
