@@ -29,6 +29,7 @@ from photofield_ai.testing.models import PRESETS, generate
 from photofield_ai.testing.server import ServerProcess, start_server
 from tests.images import jpeg
 
+SOAK_START, SOAK_END = "<!-- soak:start -->", "<!-- soak:end -->"
 TEXTS = (
     "beach sunset",
     "cat eyes",
@@ -380,7 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         + http_lines
         + load_lines
     )
-    args.out.write_text("\n".join(report))
+    text = "\n".join(report)
+    if args.out.exists():  # keep the soak section (benchmarks/soak.py) of an earlier run
+        old = args.out.read_text()
+        if SOAK_START in old and SOAK_END in old:
+            soak = old[old.index(SOAK_START) : old.index(SOAK_END) + len(SOAK_END)]
+            text = text.rstrip("\n") + "\n\n" + soak + "\n"
+    args.out.write_text(text)
     print(f"wrote {args.out}")
     return 0
 

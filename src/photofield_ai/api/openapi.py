@@ -54,6 +54,8 @@ def openapi_document() -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "properties": {"image": {"type": "string", "format": "binary"}},
+                                    # Any field name works, but every part must be a file.
+                                    "additionalProperties": {"type": "string", "format": "binary"},
                                     "required": ["image"],
                                 },
                             }
