@@ -97,12 +97,7 @@ async def soak(url: str, pid: int, seconds: float, warmup_s: float) -> SoakResul
         kinds = ["image"] * 16 + ["text"] * 2 + ["bad"] * 2
         await asyncio.gather(sampler(), *(worker(k, client) for k in kinds))
     after_warmup = next((rss for t, rss in samples if t >= warmup_s), samples[0][1])
-    return {
-        "statuses": statuses,
-        "rss_start": after_warmup,
-        "rss_end": rss_mb(pid),
-        "rss_peak": max(rss for _, rss in samples),
-    }
+    return SoakResult(statuses, after_warmup, rss_mb(pid), max(rss for _, rss in samples))
 
 
 def record(report: list[str], path: Path) -> None:
