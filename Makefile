@@ -4,21 +4,21 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 MODELS ?= models/generated
 
-.PHONY: setup run test lint format typecheck pytest try models bench bench-gpu clean
+.PHONY: setup run test test-deps lint format typecheck pytest try models bench bench-gpu clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml deploy/install-system-deps.sh
-	sh deploy/install-system-deps.sh
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+$(VENV)/.installed: pyproject.toml deploy/install.sh deploy/install-system-deps.sh
+	PYTHON=$(PYTHON) sh deploy/install.sh --dev $(VENV)
 	touch $@
 
 run: setup
 	$(BIN)/photofield-ai serve
 
-test: setup lint typecheck pytest
+test: setup test-deps lint typecheck pytest
+
+test-deps:
+	sh deploy/install-test-deps.sh
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -181,6 +181,7 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
                 )
                 batcher.start()
                 batchers.append(batcher)
+                metrics.queue_capacity.labels(session.kind).set(policy.max_queue)
                 model = EmbeddingModel(batcher, session.input_size, _model_info(session))
                 setattr(state, session.kind, model)
         state.ready = True

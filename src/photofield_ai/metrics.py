@@ -54,6 +54,13 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.queue_capacity = Gauge(
+            "queue_capacity",
+            "Items the model's queue holds before requests get 503 (PHOTOFIELD_AI_MAX_QUEUE)",
+            ["model"],
+            namespace=ns,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "batch_size",
             "Items per session call",
