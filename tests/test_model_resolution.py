@@ -117,3 +117,26 @@ def test_hf_reference_downloads_through_huggingface_hub(stand_in: StandIn, tmp_p
         "hf://mlunar/clip-variants/models/other.onnx", {**env, "HF_HUB_OFFLINE": "1"}
     )
     assert missing.stdout.startswith("ERROR") and "not in the Hugging Face cache" in missing.stdout
+
+
+def test_sha256_pinned_downloads(stand_in: StandIn, tmp_path: Path) -> None:
+    import hashlib
+
+    content = os.urandom(100_000)
+    stand_in.files["/m/detector.onnx"] = content
+    good = hashlib.sha256(content).hexdigest()
+    url = stand_in.url + "/m/detector.onnx"
+    with pytest.raises(ModelResolutionError, match="sha256") as info:
+        resolve_model(f"{url}#sha256={'0' * 64}", tmp_path / "a")
+    assert "expected " + "0" * 64 in str(info.value)
+    assert not (tmp_path / "a").exists() or list((tmp_path / "a").iterdir()) == []
+    path = resolve_model(f"{url}#sha256={good}", tmp_path / "b")
+    assert path.read_bytes() == content
+    path.write_bytes(b"tampered")  # an existing file is checked too
+    with pytest.raises(ModelResolutionError, match="sha256"):
+        resolve_model(f"{url}#sha256={good}", tmp_path / "b")
+    with pytest.raises(ModelResolutionError, match="64 hex digits"):
+        resolve_model(f"{url}#sha256=abc", tmp_path / "c")
+    local = tmp_path / "local.onnx"
+    local.write_bytes(content)
+    assert resolve_model(f"{local}#sha256={good}", tmp_path) == local

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import anyio
 import anyio.to_thread
+import numpy as np
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from photofield_ai.api import faces as faces_api
 from photofield_ai.api import routes
 from photofield_ai.api.errors import EXCEPTION_HANDLERS
 from photofield_ai.api.middleware import (
@@ -26,13 +29,19 @@ from photofield_ai.api.middleware import (
     TrackActiveRequests,
 )
 from photofield_ai.api.openapi import openapi_document
-from photofield_ai.api.state import EmbeddingModel, ServerState
+from photofield_ai.api.state import EmbeddingModel, FacePipeline, ServerState
 from photofield_ai.batcher import BatchPolicy, DynamicBatcher, PriorityGate
 from photofield_ai.clip.tokenizer import ClipTokenizer
 from photofield_ai.config import DEFAULT_TEXTUAL_MODEL, DEFAULT_VISUAL_MODEL, Settings
 from photofield_ai.metrics import Metrics
-from photofield_ai.models import resolve_model
-from photofield_ai.runtime import ModelSession, available_providers, select_providers
+from photofield_ai.models import ModelResolutionError, resolve_model
+from photofield_ai.runtime import (
+    ModelLoadError,
+    ModelSession,
+    OnnxModel,
+    available_providers,
+    select_providers,
+)
 from photofield_ai.runtime.providers import uses_accelerator
 
 log = logging.getLogger("photofield_ai")
@@ -68,10 +77,17 @@ DISABLED = frozenset({"none", "off", "disabled"})
 
 
 @dataclass(frozen=True)
+class FaceModels:
+    detector: OnnxModel
+    recognizer: OnnxModel
+
+
+@dataclass(frozen=True)
 class LoadedModels:
     visual: ModelSession | None  # None: disabled with PHOTOFIELD_AI_VISUAL_MODEL=none
     textual: ModelSession | None
     providers: list[str]
+    faces: FaceModels | None = None
 
 
 def _resolve(value: str, settings: Settings, progress: IO[str] | None) -> Path | None:
@@ -107,7 +123,86 @@ def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedMo
             continue
         log.info("Loading %s model: %s", kind, path)
         sessions[kind] = ModelSession(path, providers, expected_kind=kind)  # type: ignore[arg-type]
-    return LoadedModels(sessions["visual"], sessions["textual"], providers)
+    faces = load_face_models(settings, providers, progress)
+    return LoadedModels(sessions["visual"], sessions["textual"], providers, faces)
+
+
+def resolve_face_models(settings: Settings, progress: IO[str] | None = None) -> tuple[Path, Path]:
+    return (
+        resolve_model(settings.face_detector_model, settings.models_dir, progress),
+        resolve_model(settings.face_recognizer_model, settings.models_dir, progress),
+    )
+
+
+def _check_face_models(detector: OnnxModel, recognizer: OnnxModel) -> None:
+    shape = detector.input_shape
+    if len(shape) != 4 or shape[1] != 3 or sorted(_output_roles(detector)) != [2, 4, 10]:
+        raise ModelLoadError(
+            f"{detector.path} is not a RetinaFace detector (input [1, 3, H, W]; outputs loc, "
+            "conf, landmarks)"
+        )
+    if recognizer.input_shape[1:] != [3, 112, 112]:
+        raise ModelLoadError(
+            f"{recognizer.path} is not a face recognizer with [batch, 3, 112, 112] input"
+        )
+
+
+def load_face_models(
+    settings: Settings, providers: list[str], progress: IO[str] | None = None
+) -> FaceModels | None:
+    """Explicit PHOTOFIELD_AI_FACES_ENABLED=1: a failure is fatal. Unset (the default): the
+    server still starts, /faces answers 503, and the log says why."""
+    if settings.faces_enabled is False:
+        log.info("Faces are disabled")
+        return None
+    try:
+        detector_path, recognizer_path = resolve_face_models(settings, progress)
+        log.info("Loading face detector: %s", detector_path)
+        detector = OnnxModel(detector_path, providers)
+        log.info("Loading face recognizer: %s", recognizer_path)
+        recognizer = OnnxModel(recognizer_path, providers)
+        _check_face_models(detector, recognizer)
+    except (ModelResolutionError, ModelLoadError) as exc:
+        if settings.faces_enabled:
+            raise
+        log.warning(
+            "Faces unavailable, /faces answers 503: %s (set PHOTOFIELD_AI_FACES_ENABLED=0 "
+            "to not load them, or =1 to make this fatal)",
+            exc,
+        )
+        return None
+    return FaceModels(detector, recognizer)
+
+
+def _output_roles(detector: OnnxModel) -> dict[int, int]:
+    """Output index by the size of its last axis: 4 = box offsets, 2 = scores, 10 = landmarks."""
+    roles: dict[int, int] = {}
+    for i, output in enumerate(detector.outputs):
+        last = output.shape[-1] if output.shape else None
+        if isinstance(last, int) and last in (2, 4, 10):
+            roles[last] = i
+    return roles
+
+
+def detector_runner(detector: OnnxModel) -> Callable[[np.ndarray], np.ndarray]:
+    """The detector's three outputs as one [B, N, 16] array (loc | conf | landmarks), the one
+    array per batch the batcher hands back row by row."""
+    roles = _output_roles(detector)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        outputs = detector.run(batch)
+        return np.concatenate(
+            [outputs[roles[4]], outputs[roles[2]], outputs[roles[10]]], axis=-1
+        ).astype(np.float32)
+
+    return run
+
+
+def recognizer_runner(recognizer: OnnxModel) -> Callable[[np.ndarray], np.ndarray]:
+    def run(batch: np.ndarray) -> np.ndarray:
+        return recognizer.run(batch)[0]
+
+    return run
 
 
 def batch_policy(settings: Settings, accelerated: bool) -> BatchPolicy:
@@ -184,6 +279,43 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
                 metrics.queue_capacity.labels(session.kind).set(policy.max_queue)
                 model = EmbeddingModel(batcher, session.input_size, _model_info(session))
                 setattr(state, session.kind, model)
+        if models is not None and models.faces is not None:
+            policy = batch_policy(settings, uses_accelerator(models.providers))
+            face_batchers = []
+            for name, face_model, runner in (
+                ("face_detector", models.faces.detector, detector_runner(models.faces.detector)),
+                (
+                    "face_recognizer",
+                    models.faces.recognizer,
+                    recognizer_runner(models.faces.recognizer),
+                ),
+            ):
+                model_policy = (
+                    policy
+                    if face_model.dynamic_batch
+                    else dataclasses.replace(policy, max_batch_size=1)
+                )
+                batcher = DynamicBatcher(name, runner, model_policy, metrics.for_batcher(name))
+                batcher.start()
+                batchers.append(batcher)
+                face_batchers.append(batcher)
+                metrics.queue_capacity.labels(name).set(policy.max_queue)
+                metrics.model_info.labels(name).info(
+                    {
+                        "path": str(face_model.path),
+                        "providers": ",".join(face_model.providers),
+                        "input_type": face_model.input_type,
+                        "output_type": "",
+                        "input_size": str(face_model.input_shape[-1]),
+                    }
+                )
+            state.faces = FacePipeline(
+                face_batchers[0],
+                face_batchers[1],
+                settings.face_score_threshold,
+                settings.face_max_faces,
+            )
+            log.info("Face detection and recognition ready")
         state.ready = True
         try:
             yield
@@ -201,6 +333,8 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
         Route("/image-embeddings", routes.head_image_embeddings, methods=["HEAD"]),
         Route("/text-embeddings", routes.text_embeddings, methods=["POST"]),
         Route("/text-embeddings", routes.head_text_embeddings, methods=["HEAD"]),
+        Route("/faces", faces_api.faces, methods=["POST"]),
+        Route("/faces", faces_api.head_faces, methods=["HEAD"]),
         Route("/health", routes.health, methods=["GET"]),
         Route("/ready", routes.ready, methods=["GET"]),
         Route("/metrics", routes.metrics, methods=["GET"]),

@@ -110,11 +110,20 @@ def serve(settings: Settings) -> int:
 
 
 def download(settings: Settings) -> int:
-    from photofield_ai.app import resolve_models
+    from photofield_ai.app import resolve_face_models, resolve_models
 
     _, visual, textual = resolve_models(settings)
-    print(visual)
-    print(textual)
+    paths = [visual, textual]
+    if settings.faces_enabled is not False:
+        try:
+            paths += resolve_face_models(settings)
+        except ModelResolutionError as exc:
+            if settings.faces_enabled:
+                raise
+            log.warning("Face models not downloaded: %s", exc)
+    for path in paths:
+        if path is not None:
+            print(path)
     return 0
 
 

@@ -18,6 +18,15 @@ CLIP_VARIANTS_URL = "https://huggingface.co/mlunar/clip-variants/resolve/main/mo
 DEFAULT_VISUAL_MODEL = CLIP_VARIANTS_URL + "/clip-vit-base-patch32-visual-{dtype}.onnx"
 DEFAULT_TEXTUAL_MODEL = CLIP_VARIANTS_URL + "/clip-vit-base-patch32-textual-{dtype}.onnx"
 RUNTIMES = ("all", "cpu")
+# Face models (Photofield >= 0.24): RetinaFace MobileNet-v2 and EdgeFace-XXS, as the later
+# original used through uniface. Non-commercial licences: downloaded at run time, never shipped.
+DEFAULT_FACE_DETECTOR_MODEL = (
+    "https://github.com/yakhyo/uniface/releases/download/weights/retinaface_mv2.onnx"
+    "#sha256=3ca44c045651cabeed1193a1fae8946ad1f3a55da8fa74b341feab5a8319f757"
+)
+DEFAULT_FACE_RECOGNIZER_MODEL = (
+    "https://github.com/yakhyo/edgeface-onnx/releases/download/weights/edgeface_xxs.onnx"
+)
 
 
 class SettingsError(ValueError):
@@ -49,6 +58,14 @@ class Settings:
     max_texts_per_request: int = 256
     max_image_pixels: int = 100_000_000
 
+    # Faces. None: enabled, but a failure to load the face models only disables /faces (503);
+    # set explicitly to 1 to make that failure fatal, to 0 to not load them at all.
+    faces_enabled: bool | None = None
+    face_detector_model: str = DEFAULT_FACE_DETECTOR_MODEL
+    face_recognizer_model: str = DEFAULT_FACE_RECOGNIZER_MODEL
+    face_score_threshold: float = 0.5
+    face_max_faces: int = 100
+
     decode_threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
     shutdown_grace_s: float = 30.0
     log_level: str = "info"
@@ -73,23 +90,19 @@ class Settings:
             )
         if not 0 < self.port < 65536:
             raise SettingsError(f"{PREFIX}PORT must be between 1 and 65535, not {self.port}")
-        for name in (
-            "max_batch_size",
-            "max_concurrent_batches",
-            "max_queue",
-            "max_body_bytes",
-            "max_images_per_request",
-            "max_texts_per_request",
-            "max_image_pixels",
-            "decode_threads",
-        ):
+        for name in sorted(_INTS - {"port"}):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1, not {value}")
-        for name in ("batch_timeout_ms", "queue_timeout_ms", "shutdown_grace_s"):
+        for name in sorted(_FLOATS):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must not be negative, not {value}")
+        if not 0 <= self.face_score_threshold <= 1:
+            raise SettingsError(
+                f"{PREFIX}FACE_SCORE_THRESHOLD must be between 0 and 1, not "
+                f"{self.face_score_threshold}"
+            )
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise SettingsError(
                 f"{PREFIX}LOG_LEVEL must be a logging level, not {self.log_level!r}"
@@ -106,8 +119,10 @@ _INTS = {
     "max_texts_per_request",
     "max_image_pixels",
     "decode_threads",
+    "face_max_faces",
 }
-_FLOATS = {"batch_timeout_ms", "queue_timeout_ms", "shutdown_grace_s"}
+_FLOATS = {"batch_timeout_ms", "queue_timeout_ms", "shutdown_grace_s", "face_score_threshold"}
+_BOOLS = {"faces_enabled"}
 
 
 def _parse(name: str, raw: str) -> object:
@@ -125,6 +140,12 @@ def _parse(name: str, raw: str) -> object:
         if value != value or value in (float("inf"), float("-inf")):
             raise SettingsError(f"{env_name} must be a finite number, not {raw!r}")
         return value
+    if name in _BOOLS:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{env_name} must be 1 or 0, not {raw!r}")
     if name == "models_dir":
         return Path(raw)
     if name == "providers":

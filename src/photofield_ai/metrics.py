@@ -148,6 +148,20 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.faces_per_image = Histogram(
+            "faces_per_image",
+            "Faces found in one /faces image",
+            buckets=(0, 1, 2, 3, 5, 10, 20, 50, 100),
+            namespace=ns,
+            registry=r,
+        )
+        self.face_images_unreadable = Counter(
+            "face_images_unreadable",
+            "/faces images that could not be read (answered 200 with no faces)",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
         self.model_info = Info("model", "Loaded models", ["model"], namespace=ns, registry=r)
 
     def for_batcher(self, model: str) -> BatcherMetrics:

@@ -7,6 +7,7 @@ never leaves a truncated model under the final name for the next start to trip o
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -28,16 +29,54 @@ class ModelResolutionError(RuntimeError):
     """The model setting cannot be turned into a file; the message is one line for the user."""
 
 
+def split_sha256(value: str) -> tuple[str, str | None]:
+    """`location#sha256=<hex>` pins the file's content; returns (location, hex or None)."""
+    location, _, fragment = value.partition("#")
+    if not fragment:
+        return value, None
+    key, _, digest = fragment.partition("=")
+    digest = digest.strip().lower()
+    if key != "sha256" or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ModelResolutionError(
+            f"invalid model pin {fragment!r} in {value!r}: expected #sha256=<64 hex digits>"
+        )
+    return location, digest
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_sha256(path: Path, expected: str | None, what: str) -> None:
+    if expected is not None and (actual := file_sha256(path)) != expected:
+        raise ModelResolutionError(
+            f"{what} has sha256 {actual}, expected {expected} (corrupt or changed upstream)"
+        )
+
+
 def resolve_model(value: str, models_dir: Path, progress: IO[str] | None = None) -> Path:
-    """The local path of the model named by `value`, downloading it if needed."""
-    value = value.strip()
+    """The local path of the model named by `value`, downloading it if needed. A
+    `#sha256=<hex>` suffix makes the file's content checked."""
+    value, sha256 = split_sha256(value.strip())
+    path = _resolve_location(value, models_dir, progress, sha256)
+    _check_sha256(path, sha256, str(path))
+    return path
+
+
+def _resolve_location(
+    value: str, models_dir: Path, progress: IO[str] | None, sha256: str | None
+) -> Path:
     if not value:
         raise ModelResolutionError("empty model setting")
     parsed = urllib.parse.urlparse(value)
     if value.startswith(HF_SCHEME):
         return _resolve_hf(value)
     if parsed.scheme in ("http", "https"):
-        return _resolve_url(value, models_dir, progress)
+        return _resolve_url(value, models_dir, progress, sha256)
     if parsed.scheme and len(parsed.scheme) > 1:  # "C:" on Windows is a drive, not a scheme
         raise ModelResolutionError(
             f"unsupported model location {value!r}: use an http(s) URL, hf://owner/repo/file.onnx "
@@ -79,7 +118,9 @@ def _filename_from_url(url: str) -> str:
     return name
 
 
-def _resolve_url(url: str, models_dir: Path, progress: IO[str] | None) -> Path:
+def _resolve_url(
+    url: str, models_dir: Path, progress: IO[str] | None, sha256: str | None = None
+) -> Path:
     target = models_dir / _filename_from_url(url)
     if target.is_file():
         return target
@@ -88,12 +129,15 @@ def _resolve_url(url: str, models_dir: Path, progress: IO[str] | None) -> Path:
     except OSError as exc:
         raise ModelResolutionError(f"cannot create models directory {models_dir}: {exc}") from None
     log.info("Downloading %s to %s", url, target)
-    download(url, target, progress if progress is not None else sys.stderr)
+    download(url, target, progress if progress is not None else sys.stderr, sha256)
     return target
 
 
-def download(url: str, target: Path, progress: IO[str] | None = None) -> None:
-    """Download to `target` atomically, with a progress bar on `progress` (a terminal)."""
+def download(
+    url: str, target: Path, progress: IO[str] | None = None, sha256: str | None = None
+) -> None:
+    """Download to `target` atomically, with a progress bar on `progress` (a terminal); with
+    `sha256`, a file whose content differs is never put in place."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     try:
@@ -111,6 +155,7 @@ def download(url: str, target: Path, progress: IO[str] | None = None) -> None:
                 )
             out.flush()
             os.fsync(out.fileno())
+        _check_sha256(tmp, sha256, f"download of {url}")
         tmp.replace(target)
     except urllib.error.HTTPError as exc:
         raise ModelResolutionError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None

@@ -7,9 +7,10 @@ loop), submit items to the model's batcher and encode the results. They know not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -33,13 +34,13 @@ from photofield_ai.clip.wire import encode_embedding
 T = TypeVar("T")
 
 
-def _state(request: Request) -> ServerState:
+def server_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.server
     return state
 
 
 def _model(request: Request, name: str) -> EmbeddingModel:
-    state = _state(request)
+    state = server_state(request)
     if request.scope.get(ARRIVED_WHILE_DRAINING, False):
         raise ApiError(503, "server is shutting down", {"Retry-After": "1"})
     model: EmbeddingModel | None = getattr(state, name)
@@ -121,9 +122,11 @@ async def _preprocess_part(
     return array
 
 
-async def image_embeddings(request: Request) -> Response:
-    state = _state(request)
-    model = _model(request, "visual")
+@contextlib.asynccontextmanager
+async def read_file_parts(request: Request) -> AsyncIterator[list[tuple[str, UploadFile]]]:
+    """The request's file parts, in order (every file part is an image, whatever its field
+    name). Anything else in the body is the client's mistake: 4xx."""
+    state = server_state(request)
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise ApiError(
@@ -154,6 +157,15 @@ async def image_embeddings(request: Request) -> Response:
                 "no image files in the request; send each image as a file part "
                 "(Photofield uses the field name 'image')",
             )
+        yield parts
+    finally:
+        await form.close()
+
+
+async def image_embeddings(request: Request) -> Response:
+    state = server_state(request)
+    model = _model(request, "visual")
+    async with read_file_parts(request) as parts:
         model.batcher.check_room(len(parts))  # refuse before decoding when overloaded
         arrays = await asyncio.gather(
             *(
@@ -162,8 +174,6 @@ async def image_embeddings(request: Request) -> Response:
             )
         )
         names = [(field, upload.filename) for field, upload in parts]
-    finally:
-        await form.close()
     try:
         outputs = await _unless_disconnected(request, model.batcher.submit_many(arrays))
     except _ClientDisconnected:
@@ -198,7 +208,7 @@ def _parse_texts(body: bytes, limit: int) -> list[str]:
 
 
 async def text_embeddings(request: Request) -> Response:
-    state = _state(request)
+    state = server_state(request)
     model = _model(request, "textual")
     texts = _parse_texts(await request.body(), state.settings.max_texts_per_request)
     if not texts:
@@ -229,7 +239,7 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    state = _state(request)
+    state = server_state(request)
     if state.ready and not state.draining:
         return JSONResponse({"status": "ready"})
     reason = "shutting down" if state.draining else "models are loading"
@@ -237,5 +247,5 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    body, content_type = _state(request).metrics.exposition()
+    body, content_type = server_state(request).metrics.exposition()
     return Response(body, media_type=content_type)

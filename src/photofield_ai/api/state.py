@@ -22,6 +22,16 @@ class EmbeddingModel:
 
 
 @dataclass
+class FacePipeline:
+    """The two face models as the API sees them (see api/faces.py)."""
+
+    detector: DynamicBatcher  # items [3, 640, 640]; results [N, 16] = loc | conf | landmarks
+    recognizer: DynamicBatcher  # items [3, 112, 112]; results [D] embeddings
+    score_threshold: float
+    max_faces: int
+
+
+@dataclass
 class ServerState:
     settings: Settings
     metrics: Metrics
@@ -29,6 +39,7 @@ class ServerState:
     textual: EmbeddingModel | None
     tokenizer: ClipTokenizer
     decode_limiter: anyio.CapacityLimiter
+    faces: FacePipeline | None = None
     ready: bool = False
     draining: bool = False
     active_requests: int = 0

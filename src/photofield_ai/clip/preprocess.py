@@ -189,13 +189,17 @@ def sniff_unsupported_format(data: bytes) -> str | None:
     return None
 
 
-def _unsupported(name: str) -> UnsupportedImageFormatError:
+def _unsupported(
+    name: str, formats: tuple[str, ...] = SUPPORTED_FORMATS
+) -> UnsupportedImageFormatError:
     return UnsupportedImageFormatError(
-        f"unsupported image format {name}; supported formats: {', '.join(SUPPORTED_FORMATS)}"
+        f"unsupported image format {name}; supported formats: {', '.join(formats)}"
     )
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def open_image(
+    data: bytes, max_pixels: int, formats: tuple[str, ...] = SUPPORTED_FORMATS
+) -> Image.Image:
     """Open lazily (header only) and refuse what we cannot or will not decode."""
     if not data:
         raise ImageDecodeError("empty file")
@@ -203,16 +207,18 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         if (name := sniff_unsupported_format(data)) is not None:
-            raise _unsupported(name) from None
+            raise _unsupported(name, formats) from None
         raise ImageDecodeError(
-            "not a recognized image; supported formats: " + ", ".join(SUPPORTED_FORMATS)
+            "not a recognized image; supported formats: " + ", ".join(formats)
         ) from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image has too many pixels to decode safely: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, RuntimeError) as exc:
+        if formats == SUPPORTED_FORMATS and (name := sniff_unsupported_format(data)) is not None:
+            raise _unsupported(name, formats) from None
         raise ImageDecodeError(f"cannot read image: {exc}") from None
-    if im.format not in SUPPORTED_FORMATS:
-        raise _unsupported(str(im.format))
+    if im.format not in formats:
+        raise _unsupported(str(im.format), formats)
     width, height = im.size
     if width < 1 or height < 1:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
@@ -224,7 +230,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return im
 
 
-def _orientation(im: Image.Image) -> int:
+def exif_orientation(im: Image.Image) -> int:
     try:
         value = im.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # a broken EXIF block must not make a readable photo fail
@@ -232,12 +238,18 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _upright_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+def upright_size(width: int, height: int, orientation: int) -> tuple[int, int]:
     return (height, width) if orientation >= 5 else (width, height)
 
 
-def _decode_jpeg_scaled(
-    data: bytes, im: Image.Image, size: int
+def make_upright(image: Image.Image, orientation: int) -> Image.Image:
+    """Apply the EXIF orientation, as ImageOps.exif_transpose does."""
+    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
+    return image if transpose is None else image.transpose(transpose)
+
+
+def decode_jpeg_scaled(
+    data: bytes, im: Image.Image, num: int, den: int
 ) -> tuple[Image.Image, float] | None:
     """Decode with libjpeg-turbo at a DCT scale; None where turbojpeg cannot do it (CMYK, ...)."""
     turbo = _turbojpeg()
@@ -245,8 +257,6 @@ def _decode_jpeg_scaled(
         return None
     from turbojpeg import TJPF_RGB
 
-    width, height = im.size
-    num, den = choose_dct_scale(width, height, size)
     try:
         rgb = turbo.decode(data, pixel_format=TJPF_RGB, scaling_factor=(num, den))  # type: ignore[attr-defined]
     except Exception:  # defer to Pillow, which reports the error in its own words
@@ -254,7 +264,7 @@ def _decode_jpeg_scaled(
     return Image.fromarray(rgb, "RGB"), num / den
 
 
-def _pillow_rgb(im: Image.Image) -> Image.Image:
+def pillow_rgb(im: Image.Image) -> Image.Image:
     try:
         im.seek(0)
         im.load()
@@ -269,17 +279,19 @@ def decode_and_crop(
     data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> npt.NDArray[np.uint8]:
     """Image bytes → upright S×S×3 uint8 RGB crop, the fast way."""
-    im = _open(data, max_pixels)
-    orientation = _orientation(im)
-    scaled = _decode_jpeg_scaled(data, im, size) if im.format == "JPEG" else None
+    im = open_image(data, max_pixels)
+    orientation = exif_orientation(im)
+    scaled = (
+        decode_jpeg_scaled(data, im, *choose_dct_scale(*im.size, size))
+        if im.format == "JPEG"
+        else None
+    )
     if scaled is not None:
         decoded, factor = scaled
     else:
-        decoded, factor = _pillow_rgb(im), 1.0
-    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
-    if transpose is not None:
-        decoded = decoded.transpose(transpose)
-    width, height = _upright_size(*im.size, orientation)
+        decoded, factor = pillow_rgb(im), 1.0
+    decoded = make_upright(decoded, orientation)
+    width, height = upright_size(*im.size, orientation)
     box = crop_geometry(width, height, size).scaled(factor)
     try:
         out = decoded.resize((size, size), Image.Resampling.BICUBIC, box=box)
@@ -298,11 +310,9 @@ def preprocess_image(
 def reference_decode_and_crop(data: bytes, size: int) -> npt.NDArray[np.uint8]:
     """The slow, obviously-correct path: full Pillow decode, Resize(S), CenterCrop(S)."""
     im = Image.open(io.BytesIO(data))
-    orientation = _orientation(im)
-    rgb = _pillow_rgb(im)
-    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
-    if transpose is not None:
-        rgb = rgb.transpose(transpose)
+    orientation = exif_orientation(im)
+    rgb = pillow_rgb(im)
+    rgb = make_upright(rgb, orientation)
     rw, rh = resized_size(rgb.width, rgb.height, size)
     resized = rgb.resize((rw, rh), Image.Resampling.BICUBIC)
     left = round((rw - size) / 2.0)

@@ -83,6 +83,27 @@ def _signature(session: ort.InferenceSession, path: Path) -> ModelSignature:
     return ModelSignature(kind, inp.name, out.name, inp.type, out.type, size, output_dim)
 
 
+def open_session(path: Path, providers: list[str]) -> ort.InferenceSession:
+    """An ONNX Runtime session with this project's options, or a one-line ModelLoadError."""
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # Spinning worker threads burn the cores the other model's session and the decoders need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(
+            str(path),
+            options,
+            providers=providers,
+            disabled_optimizers=list(DISABLED_OPTIMIZERS),
+        )
+    except Exception as exc:  # onnxruntime raises several private exception types
+        text = str(exc).strip()
+        first_line = text.splitlines()[0] if text else type(exc).__name__
+        raise ModelLoadError(f"cannot load model {path}: {first_line}") from None
+
+
 class ModelSession:
     """One loaded model. `run` is thread-safe (ONNX Runtime sessions allow concurrent Run calls)."""
 
@@ -91,28 +112,9 @@ class ModelSession:
         path: Path,
         providers: list[str],
         expected_kind: ModelKind | None = None,
-        intra_op_threads: int = 0,
     ) -> None:
         self.path = path
-        if not path.is_file():
-            raise ModelLoadError(f"model file not found: {path}")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        # Spinning worker threads burn the cores the other model's session and the decoders need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(
-                str(path),
-                options,
-                providers=providers,
-                disabled_optimizers=list(DISABLED_OPTIMIZERS),
-            )
-        except Exception as exc:  # onnxruntime raises several private exception types
-            text = str(exc).strip()
-            first_line = text.splitlines()[0] if text else type(exc).__name__
-            raise ModelLoadError(f"cannot load model {path}: {first_line}") from None
+        self.session = open_session(path, providers)
         self.signature = _signature(self.session, path)
         if expected_kind is not None and self.signature.kind != expected_kind:
             raise ModelLoadError(
@@ -154,3 +156,32 @@ class ModelSession:
             f"{self.kind.capitalize()} inference ready, input size {self.input_size}, "
             f"type {self.signature.input_type}"
         )
+
+
+class OnnxModel:
+    """Any single-input model (the face detector and recognizer): casts the input to the dtype
+    the file declares and returns every output."""
+
+    def __init__(self, path: Path, providers: list[str]) -> None:
+        self.path = path
+        self.session = open_session(path, providers)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelLoadError(f"{path}: expected one input, found {len(inputs)}")
+        self.input_name: str = inputs[0].name
+        self.input_shape: list[int | str | None] = list(inputs[0].shape)
+        self.input_type: str = inputs[0].type
+        if self.input_type not in _NUMPY_TYPES:
+            raise ModelLoadError(f"{path}: unsupported input type {self.input_type}")
+        self.outputs = self.session.get_outputs()
+        self.providers: list[str] = list(self.session.get_providers())
+        self._input_dtype = _NUMPY_TYPES[self.input_type]
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return not isinstance(self.input_shape[0], int)
+
+    def run(self, batch: npt.NDArray[np.generic]) -> list[npt.NDArray[np.floating]]:
+        feed = batch if batch.dtype == self._input_dtype else batch.astype(self._input_dtype)
+        outputs: list[npt.NDArray[np.floating]] = self.session.run(None, {self.input_name: feed})
+        return outputs

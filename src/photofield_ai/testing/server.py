@@ -66,6 +66,8 @@ def start_server(
             "PHOTOFIELD_AI_PORT": str(port),
             "PHOTOFIELD_AI_MODELS_DIR": str(workdir / "models"),
             "PHOTOFIELD_AI_RUNTIME": "cpu",
+            # Face models are downloaded by default; tests and benchmarks opt in with fakes.
+            "PHOTOFIELD_AI_FACES_ENABLED": "0",
             **({"PHOTOFIELD_AI_VISUAL_MODEL": str(visual)} if visual else {}),
             **({"PHOTOFIELD_AI_TEXTUAL_MODEL": str(textual)} if textual else {}),
             **env,
