@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from photofield_ai.clip import preprocess as pp
 from photofield_ai.clip.tokenizer import CONTEXT_LENGTH, ClipTokenizer
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, start_server
+from tests.face_fakes import write_detector, write_recognizer
 from tests.images import encode, jpeg, photo
 
 TOKENIZER = ClipTokenizer.from_package()
@@ -80,10 +81,25 @@ def test_tokenizer_cuts_long_texts_with_the_end_token_last(text: str) -> None:
 
 
 def test_schemathesis_finds_no_server_errors_or_schema_violations(
-    server: ServerProcess, tmp_path: Path
+    tmp_path: Path, tiny_float32: tuple[Path, Path]
 ) -> None:
     """Every check but `positive_data_acceptance`: schema-valid bytes that are not an image are
-    rightly refused with 422/415, which that check counts as a failure."""
+    rightly refused with 422/415, which that check counts as a failure. All models are loaded
+    (faces on fakes), so every operation is reachable."""
+    server = start_server(
+        tmp_path,
+        *tiny_float32,
+        PHOTOFIELD_AI_FACES_ENABLED="1",
+        PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(write_detector(tmp_path / "detector.onnx")),
+        PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL=str(write_recognizer(tmp_path / "recognizer.onnx")),
+    )
+    try:
+        _run_schemathesis(server, tmp_path)
+    finally:
+        server.stop()
+
+
+def _run_schemathesis(server: ServerProcess, tmp_path: Path) -> None:
     st_cli = Path(sys.executable).with_name("schemathesis")
     result = subprocess.run(
         [str(st_cli), "run", server.url + "/openapi.json", "--checks", "all",

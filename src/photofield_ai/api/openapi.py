@@ -100,6 +100,39 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
+            "/faces": {
+                "post": {
+                    "summary": "Faces in original photos (Photofield >= 0.24): box, landmarks "
+                    "and an L2-normalized embedding each; unreadable photos give no faces",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"image": {"type": "string", "format": "binary"}},
+                                    "additionalProperties": {"type": "string", "format": "binary"},
+                                    "required": ["image"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "faces per image, in request order",
+                            **_json({"$ref": "#/components/schemas/Faces"}),
+                        },
+                        **_errors(400, 413, 415, 500, 503),
+                    },
+                },
+                "head": {
+                    "summary": "200 when the face models are ready",
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": {"description": "not ready"},
+                    },
+                },
+            },
             "/health": {
                 "get": {
                     "summary": "Liveness",
@@ -149,6 +182,60 @@ def openapi_document() -> dict[str, Any]:
                                 "type": "object",
                                 "required": ["text", *embedding_props],
                                 "properties": {"text": {"type": "string"}, **embedding_props},
+                            },
+                        }
+                    },
+                },
+                "Faces": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["field", "filename", "faces"],
+                                "properties": {
+                                    "field": {"type": "string"},
+                                    "filename": {"type": "string", "nullable": True},
+                                    "faces": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": [
+                                                "bbox",
+                                                "confidence",
+                                                "landmarks",
+                                                *embedding_props,
+                                            ],
+                                            "properties": {
+                                                "bbox": {
+                                                    "type": "array",
+                                                    "items": {"type": "number"},
+                                                    "minItems": 4,
+                                                    "maxItems": 4,
+                                                },
+                                                "confidence": {
+                                                    "type": "number",
+                                                    "minimum": 0,
+                                                    "maximum": 1,
+                                                },
+                                                "landmarks": {
+                                                    "type": "array",
+                                                    "minItems": 5,
+                                                    "maxItems": 5,
+                                                    "items": {
+                                                        "type": "array",
+                                                        "items": {"type": "number"},
+                                                        "minItems": 2,
+                                                        "maxItems": 2,
+                                                    },
+                                                },
+                                                **embedding_props,
+                                            },
+                                        },
+                                    },
+                                },
                             },
                         }
                     },
