@@ -20,6 +20,31 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+def _multipart_images() -> dict[str, Any]:
+    binary = {"type": "string", "format": "binary"}
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": binary},
+                    # Any field name works, but every part must be a file.
+                    "additionalProperties": binary,
+                    "required": ["image"],
+                }
+            }
+        },
+    }
+
+
+def _readiness(what: str) -> dict[str, Any]:
+    return {
+        "summary": f"200 when the {what} model(s) are ready",
+        "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     embedding_props = {
         "embedding_f16_b64": {
@@ -47,20 +72,7 @@ def openapi_document() -> dict[str, Any]:
             "/image-embeddings": {
                 "post": {
                     "summary": "Embed one or more images (every file part is an image)",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {"image": {"type": "string", "format": "binary"}},
-                                    # Any field name works, but every part must be a file.
-                                    "additionalProperties": {"type": "string", "format": "binary"},
-                                    "required": ["image"],
-                                },
-                            }
-                        },
-                    },
+                    "requestBody": _multipart_images(),
                     "responses": {
                         "200": {
                             "description": "embeddings in request order",
@@ -69,13 +81,7 @@ def openapi_document() -> dict[str, Any]:
                         **_errors(400, 413, 415, 422, 500, 503),
                     },
                 },
-                "head": {
-                    "summary": "200 when the visual model is ready",
-                    "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "not ready"},
-                    },
-                },
+                "head": _readiness("visual"),
             },
             "/text-embeddings": {
                 "post": {
@@ -92,31 +98,13 @@ def openapi_document() -> dict[str, Any]:
                         **_errors(400, 413, 500, 503),
                     },
                 },
-                "head": {
-                    "summary": "200 when the textual model is ready",
-                    "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "not ready"},
-                    },
-                },
+                "head": _readiness("textual"),
             },
             "/faces": {
                 "post": {
                     "summary": "Faces in original photos (Photofield >= 0.24): box, landmarks "
                     "and an L2-normalized embedding each; unreadable photos give no faces",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {"image": {"type": "string", "format": "binary"}},
-                                    "additionalProperties": {"type": "string", "format": "binary"},
-                                    "required": ["image"],
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _multipart_images(),
                     "responses": {
                         "200": {
                             "description": "faces per image, in request order",
@@ -125,13 +113,7 @@ def openapi_document() -> dict[str, Any]:
                         **_errors(400, 413, 415, 500, 503),
                     },
                 },
-                "head": {
-                    "summary": "200 when the face models are ready",
-                    "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "not ready"},
-                    },
-                },
+                "head": _readiness("face"),
             },
             "/health": {
                 "get": {
