@@ -55,6 +55,7 @@ class SoakResult:
     rss_start: float
     rss_end: float
     rss_peak: float
+    samples: list[tuple[float, float]]  # (seconds since start, RSS MB)
 
 
 async def soak(url: str, pid: int, seconds: float, warmup_s: float) -> SoakResult:
@@ -97,7 +98,7 @@ async def soak(url: str, pid: int, seconds: float, warmup_s: float) -> SoakResul
         kinds = ["image"] * 16 + ["text"] * 2 + ["bad"] * 2
         await asyncio.gather(sampler(), *(worker(k, client) for k in kinds))
     after_warmup = next((rss for t, rss in samples if t >= warmup_s), samples[0][1])
-    return SoakResult(statuses, after_warmup, rss_mb(pid), max(rss for _, rss in samples))
+    return SoakResult(statuses, after_warmup, rss_mb(pid), max(rss for _, rss in samples), samples)
 
 
 def record(report: list[str], path: Path) -> None:
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{exit_code}",
         f"- RSS after {args.warmup_minutes:g} min warm-up: {start:.0f} MB; at the end: "
         f"{end:.0f} MB (growth **{growth:+.1f} %**, target < 5 %); peak {result.rss_peak:.0f} MB",
+        "- RSS over time (MB): "
+        + ", ".join(f"{t / 60:.0f} min {rss:.0f}" for t, rss in result.samples[::30]),
         "",
         "| client, status | requests |",
         "|---|---|",

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from photofield_ai import __version__
 from photofield_ai.config import Settings, SettingsError
+from photofield_ai.memory import tune_malloc
 from photofield_ai.models import ModelResolutionError
 from photofield_ai.runtime import ModelLoadError, ProviderError
 
@@ -143,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models into the models directory and exit",
     )
     args = parser.parse_args(argv)
+    tune_malloc()  # before any thread starts, so every arena follows it
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
