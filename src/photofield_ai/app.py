@@ -56,8 +56,8 @@ class ModelChoice:
 
 def choose_models(settings: Settings, providers: list[str]) -> ModelChoice:
     """Explicit settings win. Otherwise ViT-B/32 in the dtype fastest on this device: float16 on
-    an accelerator (the original's default), float32 on a CPU, where float16 runs through casts
-    and is slower."""
+    an accelerator (the original's default), float32 on a CPU, where float16 was no faster in
+    our runs (BENCHMARKS.md: slower in one, level in the other) and needs the crash guard."""
     dtype = "float16" if uses_accelerator(providers) else "float32"
     note = None
     if settings.visual_model is None or settings.textual_model is None:
