@@ -279,43 +279,46 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
                 metrics.queue_capacity.labels(session.kind).set(policy.max_queue)
                 model = EmbeddingModel(batcher, session.input_size, _model_info(session))
                 setattr(state, session.kind, model)
-        if models is not None and models.faces is not None:
-            policy = batch_policy(settings, uses_accelerator(models.providers))
-            face_batchers = []
-            for name, face_model, runner in (
-                ("face_detector", models.faces.detector, detector_runner(models.faces.detector)),
-                (
-                    "face_recognizer",
-                    models.faces.recognizer,
-                    recognizer_runner(models.faces.recognizer),
-                ),
-            ):
-                model_policy = (
-                    policy
-                    if face_model.dynamic_batch
-                    else dataclasses.replace(policy, max_batch_size=1)
+            if models.faces is not None:
+                face_batchers = []
+                for name, face_model, runner in (
+                    (
+                        "face_detector",
+                        models.faces.detector,
+                        detector_runner(models.faces.detector),
+                    ),
+                    (
+                        "face_recognizer",
+                        models.faces.recognizer,
+                        recognizer_runner(models.faces.recognizer),
+                    ),
+                ):
+                    model_policy = (
+                        policy
+                        if face_model.dynamic_batch
+                        else dataclasses.replace(policy, max_batch_size=1)
+                    )
+                    batcher = DynamicBatcher(name, runner, model_policy, metrics.for_batcher(name))
+                    batcher.start()
+                    batchers.append(batcher)
+                    face_batchers.append(batcher)
+                    metrics.queue_capacity.labels(name).set(policy.max_queue)
+                    metrics.model_info.labels(name).info(
+                        {
+                            "path": str(face_model.path),
+                            "providers": ",".join(face_model.providers),
+                            "input_type": face_model.input_type,
+                            "output_type": "",
+                            "input_size": str(face_model.input_shape[-1]),
+                        }
+                    )
+                state.faces = FacePipeline(
+                    face_batchers[0],
+                    face_batchers[1],
+                    settings.face_score_threshold,
+                    settings.face_max_faces,
                 )
-                batcher = DynamicBatcher(name, runner, model_policy, metrics.for_batcher(name))
-                batcher.start()
-                batchers.append(batcher)
-                face_batchers.append(batcher)
-                metrics.queue_capacity.labels(name).set(policy.max_queue)
-                metrics.model_info.labels(name).info(
-                    {
-                        "path": str(face_model.path),
-                        "providers": ",".join(face_model.providers),
-                        "input_type": face_model.input_type,
-                        "output_type": "",
-                        "input_size": str(face_model.input_shape[-1]),
-                    }
-                )
-            state.faces = FacePipeline(
-                face_batchers[0],
-                face_batchers[1],
-                settings.face_score_threshold,
-                settings.face_max_faces,
-            )
-            log.info("Face detection and recognition ready")
+                log.info("Face detection and recognition ready")
         state.ready = True
         try:
             yield

@@ -19,8 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from photofield_ai.api.errors import ApiError
-from photofield_ai.api.middleware import ARRIVED_WHILE_DRAINING
-from photofield_ai.api.routes import read_file_parts, server_state
+from photofield_ai.api.routes import read_file_parts, refuse_if_draining, server_state
 from photofield_ai.api.state import FacePipeline
 from photofield_ai.clip.preprocess import ImageDecodeError
 from photofield_ai.clip.wire import encode_embedding
@@ -37,10 +36,8 @@ WORKING_LONG_SIDE = 1280
 
 
 def _state_faces(request: Request) -> FacePipeline:
-    state = server_state(request)
-    if request.scope.get(ARRIVED_WHILE_DRAINING, False):
-        raise ApiError(503, "server is shutting down", {"Retry-After": "1"})
-    faces = state.faces
+    refuse_if_draining(request)
+    faces = server_state(request).faces
     if faces is None:
         raise ApiError(503, "face models are not loaded on this server")
     return faces

@@ -59,6 +59,11 @@ def openapi_document() -> dict[str, Any]:
             "description": "the 16 bits of float16(1 / L2 norm), as an integer",
         },
     }
+    # Each result names the multipart part it answers.
+    part_props = {
+        "field": {"type": "string"},
+        "filename": {"type": "string", "nullable": True},
+    }
     status = {"type": "object", "properties": {"status": {"type": "string"}}}
     return {
         "openapi": "3.0.3",
@@ -178,8 +183,7 @@ def openapi_document() -> dict[str, Any]:
                                 "type": "object",
                                 "required": ["field", "filename", "faces"],
                                 "properties": {
-                                    "field": {"type": "string"},
-                                    "filename": {"type": "string", "nullable": True},
+                                    **part_props,
                                     "faces": {
                                         "type": "array",
                                         "items": {
@@ -231,11 +235,7 @@ def openapi_document() -> dict[str, Any]:
                             "items": {
                                 "type": "object",
                                 "required": ["field", "filename", *embedding_props],
-                                "properties": {
-                                    "field": {"type": "string"},
-                                    "filename": {"type": "string", "nullable": True},
-                                    **embedding_props,
-                                },
+                                "properties": {**part_props, **embedding_props},
                             },
                         }
                     },

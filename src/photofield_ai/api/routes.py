@@ -39,10 +39,15 @@ def server_state(request: Request) -> ServerState:
     return state
 
 
-def _model(request: Request, name: str) -> EmbeddingModel:
-    state = server_state(request)
+def refuse_if_draining(request: Request) -> None:
+    """Requests that arrived after SIGTERM get 503; those accepted before it finish."""
     if request.scope.get(ARRIVED_WHILE_DRAINING, False):
         raise ApiError(503, "server is shutting down", {"Retry-After": "1"})
+
+
+def _model(request: Request, name: str) -> EmbeddingModel:
+    state = server_state(request)
+    refuse_if_draining(request)
     model: EmbeddingModel | None = getattr(state, name)
     if model is None:
         raise ApiError(503, f"no {name} model is loaded on this server")

@@ -88,16 +88,20 @@ def crop_geometry(width: int, height: int, size: int) -> CropGeometry:
     return CropGeometry(left * sx, top * sy, (left + size) * sx, (top + size) * sy)
 
 
+def dct_scale_covering(length: int, size: int) -> tuple[int, int]:
+    """The smallest libjpeg-turbo scale that still leaves `length` pixels at least `size`."""
+    for num, den in _DCT_SCALES:
+        if math.ceil(length * num / den) >= size:
+            return num, den
+    return 1, 1
+
+
 def choose_dct_scale(width: int, height: int, size: int) -> tuple[int, int]:
     """The smallest libjpeg-turbo scale that still leaves the shorter side at least `size`.
 
     Never below `size`: upsampling a DCT-scaled image loses detail the model would have seen.
     """
-    short = min(width, height)
-    for num, den in _DCT_SCALES:
-        if math.ceil(short * num / den) >= size:
-            return num, den
-    return 1, 1
+    return dct_scale_covering(min(width, height), size)
 
 
 def normalize(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from photofield_ai.clip.preprocess import (
     SUPPORTED_FORMATS,
+    dct_scale_covering,
     decode_jpeg_scaled,
     exif_orientation,
     make_upright,
@@ -53,11 +54,7 @@ def decode_for_faces(data: bytes, max_pixels: int, working_long_side: int) -> Wo
     width, height = im.size
     decoded: Image.Image | None = None
     if im.format == "JPEG":
-        num, den = 1, 1
-        for n, d in ((1, 8), (1, 4), (1, 2)):
-            if max(width, height) * n / d >= working_long_side:
-                num, den = n, d
-                break
+        num, den = dct_scale_covering(max(width, height), working_long_side)
         scaled = decode_jpeg_scaled(data, im, num, den)
         if scaled is not None:
             decoded = scaled[0]
