@@ -49,6 +49,10 @@ def test_console_script_is_installed() -> None:
         ({"PHOTOFIELD_AI_PORT": "eighty"}, "PHOTOFIELD_AI_PORT must be a whole number"),
         ({"PHOTOFIELD_AI_RUNTIME": "gpu"}, "PHOTOFIELD_AI_RUNTIME must be one of all, cpu"),
         ({"PHOTOFIELD_AI_MAX_BATCH_SIZE": "0"}, "PHOTOFIELD_AI_MAX_BATCH_SIZE must be at least 1"),
+        (
+            {"PHOTOFIELD_AI_INTRA_OP_THREADS": "0"},
+            "PHOTOFIELD_AI_INTRA_OP_THREADS must be at least 1",
+        ),
         ({"PHOTOFIELD_AI_PROVIDERS": "NoSuchExecutionProvider"}, "available: "),
         ({"PHOTOFIELD_AI_VISUAL_MODEL": "/no/such/model.onnx"}, "model file not found"),
         ({"PHOTOFIELD_AI_VISUAL_MODEL": "ftp://example.com/m.onnx"}, "unsupported model location"),

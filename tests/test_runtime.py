@@ -214,3 +214,25 @@ def test_model_session_survives_the_crashing_float16_pattern(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert "(3, 512)" in result.stdout
+
+
+@pytest.mark.parametrize(("setting", "threads"), [(None, 0), ("1", 1)])
+def test_intra_op_threads_setting_reaches_both_sessions(
+    tiny_float32: tuple[Path, Path], setting: str | None, threads: int
+) -> None:
+    """0 leaves the choice to ONNX Runtime (one thread per physical core)."""
+    from photofield_ai.app import load_models
+    from photofield_ai.config import Settings
+
+    visual, textual = tiny_float32
+    env = {
+        "PHOTOFIELD_AI_VISUAL_MODEL": str(visual),
+        "PHOTOFIELD_AI_TEXTUAL_MODEL": str(textual),
+        "PHOTOFIELD_AI_RUNTIME": "cpu",
+        "PHOTOFIELD_AI_FACES_ENABLED": "0",
+        **({"PHOTOFIELD_AI_INTRA_OP_THREADS": setting} if setting else {}),
+    }
+    models = load_models(Settings.from_env(env))
+    for session in (models.visual, models.textual):
+        assert session is not None
+        assert session.session.get_session_options().intra_op_num_threads == threads

@@ -122,7 +122,12 @@ def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedMo
             sessions[kind] = None
             continue
         log.info("Loading %s model: %s", kind, path)
-        sessions[kind] = ModelSession(path, providers, expected_kind=kind)  # type: ignore[arg-type]
+        sessions[kind] = ModelSession(
+            path,
+            providers,
+            expected_kind=kind,  # type: ignore[arg-type]
+            intra_op_threads=settings.intra_op_threads or 0,
+        )
     faces = load_face_models(settings, providers, progress)
     return LoadedModels(sessions["visual"], sessions["textual"], providers, faces)
 
@@ -253,11 +258,12 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
             gate = PriorityGate()
             log.info(
                 "Batching: max batch size %d, batch timeout %.1f ms, %d batch(es) in flight, "
-                "queue of %d",
+                "queue of %d, %s intra-op threads per session call",
                 policy.max_batch_size,
                 policy.batch_timeout_s * 1000,
                 policy.max_concurrent_batches,
                 policy.max_queue,
+                settings.intra_op_threads or "ONNX Runtime's default number of",
             )
             for session in (models.visual, models.textual):
                 if session is None:

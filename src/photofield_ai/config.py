@@ -49,6 +49,7 @@ class Settings:
     max_batch_size: int | None = None
     batch_timeout_ms: float | None = None
     max_concurrent_batches: int | None = None
+    intra_op_threads: int | None = None
     max_queue: int = 1024
     queue_timeout_ms: float | None = None
 
@@ -113,6 +114,7 @@ _INTS = {
     "port",
     "max_batch_size",
     "max_concurrent_batches",
+    "intra_op_threads",
     "max_queue",
     "max_body_bytes",
     "max_images_per_request",

@@ -83,12 +83,16 @@ def _signature(session: ort.InferenceSession, path: Path) -> ModelSignature:
     return ModelSignature(kind, inp.name, out.name, inp.type, out.type, size, output_dim)
 
 
-def open_session(path: Path, providers: list[str]) -> ort.InferenceSession:
-    """An ONNX Runtime session with this project's options, or a one-line ModelLoadError."""
+def open_session(
+    path: Path, providers: list[str], intra_op_threads: int = 0
+) -> ort.InferenceSession:
+    """An ONNX Runtime session with this project's options, or a one-line ModelLoadError.
+    `intra_op_threads` = 0 lets ONNX Runtime use one thread per physical core."""
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = intra_op_threads
     # Spinning worker threads burn the cores the other model's session and the decoders need.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
@@ -112,9 +116,11 @@ class ModelSession:
         path: Path,
         providers: list[str],
         expected_kind: ModelKind | None = None,
+        intra_op_threads: int = 0,
     ) -> None:
         self.path = path
-        self.session = open_session(path, providers)
+        self.intra_op_threads = intra_op_threads
+        self.session = open_session(path, providers, intra_op_threads)
         self.signature = _signature(self.session, path)
         if expected_kind is not None and self.signature.kind != expected_kind:
             raise ModelLoadError(
