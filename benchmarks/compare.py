@@ -1,0 +1,125 @@
+"""Compare server settings side by side on this machine: each variant runs as its own server, and
+every measurement is taken on one variant and at once on the next, round after round, so the
+drift of a shared machine hits all alike. Prints a markdown table (and writes it with --out).
+
+    python -m benchmarks.compare --kind image --concurrency 1,32 \\
+        'threads=1,K=2:PHOTOFIELD_AI_INTRA_OP_THREADS=1,PHOTOFIELD_AI_MAX_CONCURRENT_BATCHES=2'
+
+A variant is `name:VAR=value,VAR=value` (no settings: the defaults); `default:` is always
+included first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.load import LoadResult, Workload, run_load
+from benchmarks.run import TEXTS, Activity, Config, fmt_ms, measure, start, table
+from tests.images import jpeg
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, assignments = spec.partition(":")
+    env = {}
+    for assignment in filter(None, assignments.split(",")):
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.startswith("PHOTOFIELD_AI_"):
+            raise SystemExit(f"not a PHOTOFIELD_AI_ setting: {assignment!r} in {spec!r}")
+        env[key] = value
+    return name, env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("variants", nargs="+", help="name:VAR=value,...")
+    parser.add_argument("--kind", choices=["image", "text"], default="image")
+    parser.add_argument("--concurrency", default="1,32", help="comma list")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=6.0, help="measuring window per round")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=Path(".bench"))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    cfg = Config(args.gpu, False, args.workdir, args.seconds, 1.0, 1)
+    variants = dict([("default", {}), *(parse_variant(v) for v in args.variants)])
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    workload = (
+        Workload("image", tuple(jpeg(256, 192, quality=85, seed=i) for i in range(16)))
+        if args.kind == "image"
+        else Workload("text", texts=TEXTS)
+    )
+    model = "visual" if args.kind == "image" else "textual"
+    servers = {name: start(cfg, args.dtype, **env) for name, env in variants.items()}
+    results: dict[tuple[str, int], list[tuple[LoadResult, Activity]]] = {}
+    try:
+        for round_ in range(args.rounds):
+            for c in concurrencies:
+                for name, server in servers.items():
+                    r, a = measure(
+                        server,
+                        model,
+                        functools.partial(
+                            run_load, server.url, workload, c, cfg.warmup_s, cfg.measure_s
+                        ),
+                    )
+                    results.setdefault((name, c), []).append((r, a))
+                    print(
+                        f"round {round_ + 1} {name} C={c}: {r.requests_per_s:.1f} req/s, "
+                        f"p50 {fmt_ms(r.percentile(50))} ms",
+                        flush=True,
+                    )
+    finally:
+        for server in servers.values():
+            server.stop()
+    rows = []
+    for c in concurrencies:
+        for name in variants:
+            runs = results[(name, c)]
+            latencies = [x for r, _ in runs for x in r.latencies]
+            rates = [r.requests_per_s for r, _ in runs]
+            errors = sum(sum(r.errors.values()) for r, _ in runs)
+            rows.append(
+                [
+                    name,
+                    str(c),
+                    f"{np.mean(rates):.1f} ({min(rates):.1f}–{max(rates):.1f})",
+                    fmt_ms(float(np.percentile(latencies, 50))) if latencies else "-",
+                    fmt_ms(float(np.percentile(latencies, 99))) if latencies else "-",
+                    f"{np.mean([a.mean_batch for _, a in runs]):.1f}",
+                    f"{100 * np.mean([a.busy for _, a in runs]):.0f} %",
+                    str(errors),
+                ]
+            )
+    lines = [
+        f"`python -m benchmarks.compare {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        "",
+        f"{args.kind} requests, {args.rounds} rounds of {args.seconds:.0f} s per variant and "
+        "concurrency, interleaved; req/s as mean (lowest–highest round).",
+        "",
+        *(
+            f"- `{name}`: " + (", ".join(f"{k}={v}" for k, v in env.items()) or "defaults")
+            for name, env in variants.items()
+        ),
+        "",
+        *table(
+            ["variant", "C", "req/s", "p50 ms", "p99 ms", "mean batch", "model busy", "errors"],
+            rows,
+        ),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The benchmark's own load generator and server counters, against a real server: numbers in
+BENCHMARKS.md are only as good as the client that produced them."""
+
+import asyncio
+import json
+import urllib.request
+
+import httpx
+import numpy as np
+
+from benchmarks.load import Workload, encode_requests, run_load
+from benchmarks.run import ServerCounters, measure
+from photofield_ai.clip.wire import decode_embedding
+from tests.conftest import ServerProcess
+from tests.images import jpeg
+
+
+def test_encoded_requests_are_what_the_server_answers(server: ServerProcess) -> None:
+    """The hand-encoded multipart and JSON requests mean the same to the server as requests
+    built by an HTTP library: same embeddings back."""
+    image = jpeg(256, 192, quality=85, seed=3)
+    (raw_image,) = encode_requests("127.0.0.1", Workload("image", payloads=(image,)))
+    (raw_text,) = encode_requests("127.0.0.1", Workload("text", texts=("beach sunset",)))
+
+    async def send(raw: bytes) -> bytes:
+        host, port = server.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(raw)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        body = await reader.readexactly(length)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return body
+
+    by_hand = json.loads(asyncio.run(send(raw_image)))
+    by_library = httpx.post(
+        server.url + "/image-embeddings", files={"image": ("x.jpg", image, "image/jpeg")}
+    ).json()
+    np.testing.assert_array_equal(
+        decode_embedding(by_hand["images"][0]["embedding_f16_b64"]),
+        decode_embedding(by_library["images"][0]["embedding_f16_b64"]),
+    )
+    text = json.loads(asyncio.run(send(raw_text)))
+    assert text["texts"][0]["text"] == "beach sunset"
+
+
+def test_load_generator_counts_successes_and_errors(server: ServerProcess) -> None:
+    good = Workload("image", payloads=(jpeg(256, 192, quality=85, seed=1),))
+    result = run_load(server.url, good, concurrency=4, warmup_s=0.2, measure_s=1.5)
+    assert result.errors == {}
+    assert len(result.latencies) > 4 and min(result.latencies) > 0
+
+    bad = Workload("image", payloads=(b"not an image at all",))
+    result = run_load(server.url, bad, concurrency=2, warmup_s=0.0, measure_s=1.0)
+    assert not result.latencies
+    assert set(result.errors) == {422} and result.errors[422] > 2  # keep-alive survives a 422
+
+
+def test_server_counters_follow_the_work(server: ServerProcess) -> None:
+    texts = Workload("text", texts=("cat eyes", "hawk"))
+    result, activity = measure(server, "textual", lambda: run_load(server.url, texts, 8, 0.0, 1.0))
+    assert result.latencies and activity.mean_batch >= 1
+    assert 0 < activity.busy <= 1.5 and activity.mean_call_s > 0
+    assert activity.cpu_s is None or activity.cpu_s > 0
+    before = ServerCounters.read(server, "textual")
+    with urllib.request.urlopen(server.url + "/health"):
+        pass
+    assert ServerCounters.read(server, "textual").items == before.items
