@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -42,6 +44,7 @@ from photofield_ai.runtime import (
     available_providers,
     select_providers,
 )
+from photofield_ai.runtime.priority import call_in_lowered_thread, lowered_executor
 from photofield_ai.runtime.providers import uses_accelerator
 
 log = logging.getLogger("photofield_ai")
@@ -122,11 +125,15 @@ def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedMo
             sessions[kind] = None
             continue
         log.info("Loading %s model: %s", kind, path)
-        sessions[kind] = ModelSession(
-            path,
-            providers,
-            expected_kind=kind,  # type: ignore[arg-type]
-            intra_op_threads=settings.intra_op_threads or 0,
+        sessions[kind] = call_in_lowered_thread(
+            settings.indexing_nice if kind == "visual" else 0,
+            functools.partial(
+                ModelSession,
+                path,
+                providers,
+                expected_kind=kind,  # type: ignore[arg-type]
+                intra_op_threads=settings.intra_op_threads or 0,
+            ),
         )
     faces = load_face_models(settings, providers, progress)
     return LoadedModels(sessions["visual"], sessions["textual"], providers, faces)
@@ -163,9 +170,10 @@ def load_face_models(
     try:
         detector_path, recognizer_path = resolve_face_models(settings, progress)
         log.info("Loading face detector: %s", detector_path)
-        detector = OnnxModel(detector_path, providers)
+        nice = settings.indexing_nice
+        detector = call_in_lowered_thread(nice, lambda: OnnxModel(detector_path, providers))
         log.info("Loading face recognizer: %s", recognizer_path)
-        recognizer = OnnxModel(recognizer_path, providers)
+        recognizer = call_in_lowered_thread(nice, lambda: OnnxModel(recognizer_path, providers))
         _check_face_models(detector, recognizer)
     except (ModelResolutionError, ModelLoadError) as exc:
         if settings.faces_enabled:
@@ -247,23 +255,38 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
         visual=None,
         textual=None,
         tokenizer=ClipTokenizer.from_package(),
-        decode_limiter=anyio.CapacityLimiter(settings.decode_threads),
+        decode_threads=lowered_executor(
+            settings.indexing_nice, settings.decode_threads, "image-decode"
+        ),
+        tokenize_limiter=anyio.CapacityLimiter(2),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         batchers: list[DynamicBatcher] = []
+        executors: list[ThreadPoolExecutor] = []
+
+        def indexing_threads(name: str, policy: BatchPolicy) -> ThreadPoolExecutor:
+            """Session calls of an indexing model run at a lower priority than search."""
+            executor = lowered_executor(
+                settings.indexing_nice, policy.max_concurrent_batches, f"{name}-inference"
+            )
+            executors.append(executor)
+            return executor
+
         if models is not None:
             policy = batch_policy(settings, uses_accelerator(models.providers))
             gate = PriorityGate()
             log.info(
                 "Batching: max batch size %d, batch timeout %.1f ms, %d batch(es) in flight, "
-                "queue of %d, %s intra-op threads per session call",
+                "queue of %d, %s intra-op threads per session call, image and face work at "
+                "nice +%d",
                 policy.max_batch_size,
                 policy.batch_timeout_s * 1000,
                 policy.max_concurrent_batches,
                 policy.max_queue,
                 settings.intra_op_threads or "ONNX Runtime's default number of",
+                settings.indexing_nice,
             )
             for session in (models.visual, models.textual):
                 if session is None:
@@ -279,6 +302,9 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
                     # Text goes first; images yield to it (only matters when both are loaded).
                     holds=gate if session.kind == "textual" else None,
                     yields_to=gate if session.kind == "visual" else None,
+                    executor=(
+                        indexing_threads(session.kind, policy) if session.kind == "visual" else None
+                    ),
                 )
                 batcher.start()
                 batchers.append(batcher)
@@ -304,7 +330,13 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
                         if face_model.dynamic_batch
                         else dataclasses.replace(policy, max_batch_size=1)
                     )
-                    batcher = DynamicBatcher(name, runner, model_policy, metrics.for_batcher(name))
+                    batcher = DynamicBatcher(
+                        name,
+                        runner,
+                        model_policy,
+                        metrics.for_batcher(name),
+                        executor=indexing_threads(name, model_policy),
+                    )
                     batcher.start()
                     batchers.append(batcher)
                     face_batchers.append(batcher)
@@ -333,6 +365,8 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
             state.draining = True
             for batcher in batchers:
                 await batcher.close(settings.shutdown_grace_s)
+            for executor in [*executors, state.decode_threads]:
+                executor.shutdown(wait=False)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())

@@ -67,6 +67,8 @@ class Settings:
     face_score_threshold: float = 0.5
     face_max_faces: int = 100
 
+    # Nice increment of the threads running image and face inference (indexing); 0: none.
+    indexing_nice: int = 10
     decode_threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
     shutdown_grace_s: float = 30.0
     log_level: str = "info"
@@ -91,7 +93,7 @@ class Settings:
             )
         if not 0 < self.port < 65536:
             raise SettingsError(f"{PREFIX}PORT must be between 1 and 65535, not {self.port}")
-        for name in sorted(_INTS - {"port"}):
+        for name in sorted(_INTS - {"port", "indexing_nice"}):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1, not {value}")
@@ -99,6 +101,10 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must not be negative, not {value}")
+        if not 0 <= self.indexing_nice <= 19:
+            raise SettingsError(
+                f"{PREFIX}INDEXING_NICE must be between 0 and 19, not {self.indexing_nice}"
+            )
         if not 0 <= self.face_score_threshold <= 1:
             raise SettingsError(
                 f"{PREFIX}FACE_SCORE_THRESHOLD must be between 0 and 1, not "
@@ -122,6 +128,7 @@ _INTS = {
     "max_image_pixels",
     "decode_threads",
     "face_max_faces",
+    "indexing_nice",
 }
 _FLOATS = {"batch_timeout_ms", "queue_timeout_ms", "shutdown_grace_s", "face_score_threshold"}
 _BOOLS = {"faces_enabled"}

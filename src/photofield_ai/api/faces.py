@@ -12,14 +12,18 @@ import asyncio
 import logging
 from typing import Any
 
-import anyio.to_thread
 import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from photofield_ai.api.errors import ApiError
-from photofield_ai.api.routes import read_file_parts, refuse_if_draining, server_state
+from photofield_ai.api.routes import (
+    in_decode_thread,
+    read_file_parts,
+    refuse_if_draining,
+    server_state,
+)
 from photofield_ai.api.state import FacePipeline
 from photofield_ai.clip.preprocess import ImageDecodeError
 from photofield_ai.clip.wire import encode_embedding
@@ -97,8 +101,8 @@ async def _one_image(
     result: dict[str, Any] = {"field": field, "filename": upload.filename, "faces": []}
     data = await upload.read()
     try:
-        working, tensor, box = await anyio.to_thread.run_sync(
-            _prepare, data, state.settings.max_image_pixels, limiter=state.decode_limiter
+        working, tensor, box = await in_decode_thread(
+            state, _prepare, data, state.settings.max_image_pixels
         )
     except ImageDecodeError as exc:
         reason = type(exc).__name__.removesuffix("Error")
@@ -107,9 +111,7 @@ async def _one_image(
         log.info("/faces: image %d (%s) unreadable: %s", index, upload.filename, exc)
         return result
     raw = await pipeline.detector.submit(tensor)
-    detections, crops = await anyio.to_thread.run_sync(
-        _faces_of, pipeline, working, raw, box, limiter=state.decode_limiter
-    )
+    detections, crops = await in_decode_thread(state, _faces_of, pipeline, working, raw, box)
     state.metrics.faces_per_image.observe(len(detections))
     if detections:
         embeddings = await pipeline.recognizer.submit_many(crops)

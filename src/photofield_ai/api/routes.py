@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -97,6 +98,13 @@ async def head_text_embeddings(request: Request) -> Response:
     return Response(status_code=200)
 
 
+async def in_decode_thread(state: ServerState, fn: Callable[..., T], *args: Any) -> T:
+    """Run image work on the decode threads (lowered with the indexing priority)."""
+    return await asyncio.get_running_loop().run_in_executor(
+        state.decode_threads, functools.partial(fn, *args)
+    )
+
+
 def _describe_part(index: int, field: str, filename: str | None) -> str:
     return f"image {index} (field {field!r}, filename {filename!r})"
 
@@ -107,12 +115,8 @@ async def _preprocess_part(
     data = await upload.read()
     started = time.perf_counter()
     try:
-        array = await anyio.to_thread.run_sync(
-            preprocess_image,
-            data,
-            size,
-            state.settings.max_image_pixels,
-            limiter=state.decode_limiter,
+        array = await in_decode_thread(
+            state, preprocess_image, data, size, state.settings.max_image_pixels
         )
     except ImageDecodeError as exc:
         where = _describe_part(index, field, upload.filename)
@@ -222,7 +226,7 @@ async def text_embeddings(request: Request) -> Response:
     size = model.input_size
     tokens = await anyio.to_thread.run_sync(
         lambda: [state.tokenizer.tokenize(text, size) for text in texts],
-        limiter=state.decode_limiter,
+        limiter=state.tokenize_limiter,
     )
     state.metrics.preprocess.labels("text").observe((time.perf_counter() - started) / len(texts))
     try:

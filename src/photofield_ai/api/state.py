@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import anyio
@@ -38,7 +39,10 @@ class ServerState:
     visual: EmbeddingModel | None
     textual: EmbeddingModel | None
     tokenizer: ClipTokenizer
-    decode_limiter: anyio.CapacityLimiter
+    # Image decoding is indexing work: threads at the indexing priority (runtime/priority.py).
+    decode_threads: Executor
+    # Tokenizing is search work: never queued behind image decodes.
+    tokenize_limiter: anyio.CapacityLimiter
     faces: FacePipeline | None = None
     ready: bool = False
     draining: bool = False

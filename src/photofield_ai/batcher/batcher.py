@@ -16,6 +16,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import anyio.to_thread
@@ -77,6 +78,7 @@ class DynamicBatcher:
         *,
         holds: PriorityGate | None = None,
         yields_to: PriorityGate | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -84,6 +86,7 @@ class DynamicBatcher:
         self._metrics = metrics
         self._holds = holds  # gate this batcher holds while it has work (text)
         self._yields_to = yields_to  # gate this batcher waits on before a batch (images)
+        self._executor = executor  # threads for the session calls; None: anyio's worker threads
         self._queue: collections.deque[_Entry] = collections.deque()
         self._changed = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.max_concurrent_batches)
@@ -272,7 +275,13 @@ class DynamicBatcher:
             for entry in batch:
                 m.queue_wait.observe(started - entry.enqueued)
         try:
-            outputs = await anyio.to_thread.run_sync(self._stack_and_run, [e.item for e in batch])
+            items = [e.item for e in batch]
+            if self._executor is None:
+                outputs = await anyio.to_thread.run_sync(self._stack_and_run, items)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._stack_and_run, items
+                )
             if len(outputs) != len(batch):
                 raise RuntimeError(f"model returned {len(outputs)} rows for {len(batch)} items")
         except Exception as exc:

@@ -1,0 +1,82 @@
+"""Background priority for indexing: image and face inference run in threads with a raised Unix
+nice value, so that a search (text) and the request handling around it win the cores whenever they
+need them, while indexing keeps every core they leave idle.
+
+On Linux a nice value belongs to a thread and is inherited by the threads it creates. ONNX Runtime
+creates a session's intra-op thread pool while the session is built, so an indexing model's
+session is built in a lowered thread (its pool inherits the value), and its calls are made from
+lowered threads (the calling thread works in the pool too). Raising one's own nice value needs no
+privileges; elsewhere than Linux all of this does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_NICE = 19
+
+
+def lower_current_thread(increment: int) -> bool:
+    """Raise the calling thread's nice value by `increment` (capped at 19). True if it did."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(MAX_NICE, current + increment))
+    except (OSError, AttributeError) as exc:
+        log.debug("could not lower thread priority: %s", exc)
+        return False
+    return True
+
+
+def call_in_lowered_thread(increment: int, fn: Callable[[], T]) -> T:
+    """`fn()` in a new thread lowered first, so that threads `fn` creates are lowered too."""
+    if increment <= 0:
+        return fn()
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        lower_current_thread(increment)
+        try:
+            outcome.append(fn())
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="lowered-loader")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def lowered_executor(increment: int, max_workers: int, name: str) -> ThreadPoolExecutor:
+    """Worker threads that lower themselves as they start: where indexing calls are made."""
+    return ThreadPoolExecutor(
+        max_workers=max_workers,
+        thread_name_prefix=name,
+        initializer=lower_current_thread,
+        initargs=(increment,),
+    )
+
+
+def thread_nice_values() -> dict[int, int]:
+    """Nice value of every thread of this process (Linux), for tests and diagnostics."""
+    values = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            values[int(task)] = os.getpriority(os.PRIO_PROCESS, int(task))
+        except OSError:
+            continue  # the thread ended meanwhile
+    return values
