@@ -4,6 +4,10 @@ drift of a shared machine hits all alike. Prints a markdown table (and writes it
 
     python -m benchmarks.compare --kind image --concurrency 1,32 \\
         'threads=1,K=2:PHOTOFIELD_AI_INTRA_OP_THREADS=1,PHOTOFIELD_AI_MAX_CONCURRENT_BATCHES=2'
+    python -m benchmarks.compare --kind search --concurrency 32 'same:PHOTOFIELD_AI_INDEXING_NICE=0'
+
+`--kind search` is search while indexing: one text client while C image clients run; the row is
+the text requests', with the images/s beside it.
 
 A variant is `name:VAR=value,VAR=value` (no settings: the defaults); `default:` is always
 included first.
@@ -12,13 +16,14 @@ included first.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.load import LoadResult, Workload, run_load
+from benchmarks.load import LoadResult, Workload, run_load, run_mixed
 from benchmarks.run import TEXTS, Activity, Config, fmt_ms, measure, start, table
 from tests.images import jpeg
 
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("variants", nargs="+", help="name:VAR=value,...")
-    parser.add_argument("--kind", choices=["image", "text"], default="image")
+    parser.add_argument("--kind", choices=["image", "text", "search"], default="image")
     parser.add_argument("--concurrency", default="1,32", help="comma list")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=6.0, help="measuring window per round")
@@ -51,25 +56,31 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(args.gpu, False, args.workdir, args.seconds, 1.0, 1)
     variants = dict([("default", {}), *(parse_variant(v) for v in args.variants)])
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    workload = (
-        Workload("image", tuple(jpeg(256, 192, quality=85, seed=i) for i in range(16)))
-        if args.kind == "image"
-        else Workload("text", texts=TEXTS)
-    )
+    thumbs = Workload("image", tuple(jpeg(256, 192, quality=85, seed=i) for i in range(16)))
+    texts = Workload("text", texts=TEXTS)
+    workload = thumbs if args.kind == "image" else texts
     model = "visual" if args.kind == "image" else "textual"
+    background: dict[tuple[str, int], list[LoadResult]] = {}
+
+    def search_while_indexing(url: str, c: int, key: tuple[str, int]) -> LoadResult:
+        images, text = asyncio.run(run_mixed(url, thumbs, c, texts, cfg.warmup_s, cfg.measure_s))
+        background.setdefault(key, []).append(images)
+        return text
+
     servers = {name: start(cfg, args.dtype, **env) for name, env in variants.items()}
     results: dict[tuple[str, int], list[tuple[LoadResult, Activity]]] = {}
     try:
         for round_ in range(args.rounds):
             for c in concurrencies:
                 for name, server in servers.items():
-                    r, a = measure(
-                        server,
-                        model,
-                        functools.partial(
+                    run = (
+                        functools.partial(search_while_indexing, server.url, c, (name, c))
+                        if args.kind == "search"
+                        else functools.partial(
                             run_load, server.url, workload, c, cfg.warmup_s, cfg.measure_s
-                        ),
+                        )
                     )
+                    r, a = measure(server, model, run)
                     results.setdefault((name, c), []).append((r, a))
                     print(
                         f"round {round_ + 1} {name} C={c}: {r.requests_per_s:.1f} req/s, "
@@ -86,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             latencies = [x for r, _ in runs for x in r.latencies]
             rates = [r.requests_per_s for r, _ in runs]
             errors = sum(sum(r.errors.values()) for r, _ in runs)
+            images = background.get((name, c), [])
             rows.append(
                 [
                     name,
@@ -96,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{np.mean([a.mean_batch for _, a in runs]):.1f}",
                     f"{100 * np.mean([a.busy for _, a in runs]):.0f} %",
                     str(errors),
+                    *([f"{np.mean([i.requests_per_s for i in images]):.1f}"] if images else []),
                 ]
             )
+    what = "text requests while images index" if args.kind == "search" else args.kind + " requests"
     lines = [
         f"`python -m benchmarks.compare {' '.join(sys.argv[1:] if argv is None else argv)}`",
         "",
-        f"{args.kind} requests, {args.rounds} rounds of {args.seconds:.0f} s per variant and "
+        f"{what}, {args.rounds} rounds of {args.seconds:.0f} s per variant and "
         "concurrency, interleaved; req/s as mean (lowest–highest round).",
         "",
         *(
@@ -110,7 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "",
         *table(
-            ["variant", "C", "req/s", "p50 ms", "p99 ms", "mean batch", "model busy", "errors"],
+            [
+                "variant",
+                "C",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "mean batch",
+                "model busy",
+                "errors",
+                *(["images/s meanwhile"] if background else []),
+            ],
             rows,
         ),
     ]
