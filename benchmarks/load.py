@@ -48,9 +48,15 @@ class LoadResult:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
 
     def merge(self, other: LoadResult) -> None:
+        """Add a result measured over the same window (another client process)."""
         self.latencies.extend(other.latencies)
         for status, n in other.errors.items():
             self.errors[status] = self.errors.get(status, 0) + n
+
+    def add_window(self, other: LoadResult) -> None:
+        """Add a result measured over a later window: requests and seconds add up."""
+        self.merge(other)
+        self.seconds += other.seconds
 
 
 CRLF = b"\r\n"
