@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from photofield_ai.app import ThreadLayout, thread_layout, usable_cpus
 from photofield_ai.batcher import (
     BatcherClosedError,
     BatchFailedError,
@@ -19,6 +20,7 @@ from photofield_ai.batcher import (
     QueueFullError,
     QueueTimeoutError,
 )
+from photofield_ai.config import Settings
 from photofield_ai.metrics import Metrics
 
 pytestmark = pytest.mark.anyio
@@ -270,3 +272,22 @@ async def test_a_flood_of_text_cannot_starve_images() -> None:
     assert time.monotonic() - started >= 0.15
     gate.release()
     await visual.close(1)
+
+
+def test_thread_layout_defaults_per_device_and_model() -> None:
+    """CPU: the visual model runs one single-threaded batch per usable CPU (indexing
+    throughput), the textual one a batch at a time on every core (search latency). An
+    accelerator: two batches in flight. Explicit settings win everywhere."""
+    cpus = usable_cpus()
+    default = Settings()
+    assert thread_layout(default, "visual", False) == ThreadLayout(1, cpus)
+    assert thread_layout(default, "textual", False) == ThreadLayout(0, 1)
+    assert thread_layout(default, "visual", True) == ThreadLayout(0, 2)
+    assert thread_layout(default, "textual", True) == ThreadLayout(0, 2)
+    two = Settings(intra_op_threads=2)
+    assert thread_layout(two, "visual", False) == ThreadLayout(2, max(1, cpus // 2))
+    assert thread_layout(two, "textual", False) == ThreadLayout(2, 1)
+    explicit = Settings(intra_op_threads=3, max_concurrent_batches=5)
+    for kind in ("visual", "textual"):
+        for accelerated in (False, True):
+            assert thread_layout(explicit, kind, accelerated) == ThreadLayout(3, 5)

@@ -150,7 +150,9 @@ def test_client_that_leaves_while_queued_is_dropped(
 ) -> None:
     visual = FlakySession(tiny_float32[0], CPU)
     visual.delay_s = 0.6
-    app = create_app(Settings(), LoadedModels(visual, ModelSession(tiny_float32[1], CPU), CPU))
+    # One batch in flight, so that the second request has to queue behind the first.
+    settings = Settings(max_concurrent_batches=1)
+    app = create_app(settings, LoadedModels(visual, ModelSession(tiny_float32[1], CPU), CPU))
     with serve_in_thread(app) as url:
         busy: list[int] = []
         first = threading.Thread(

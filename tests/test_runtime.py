@@ -216,11 +216,15 @@ def test_model_session_survives_the_crashing_float16_pattern(tmp_path: Path) -> 
     assert "(3, 512)" in result.stdout
 
 
-@pytest.mark.parametrize(("setting", "threads"), [(None, 0), ("1", 1)])
-def test_intra_op_threads_setting_reaches_both_sessions(
-    tiny_float32: tuple[Path, Path], setting: str | None, threads: int
+@pytest.mark.parametrize(
+    ("setting", "visual_threads", "textual_threads"), [(None, 1, 0), ("2", 2, 2)]
+)
+def test_intra_op_threads_reach_the_sessions(
+    tiny_float32: tuple[Path, Path], setting: str | None, visual_threads: int, textual_threads: int
 ) -> None:
-    """0 leaves the choice to ONNX Runtime (one thread per physical core)."""
+    """On a CPU by default the visual session is single-threaded (one batch per core) and the
+    textual one gets ONNX Runtime's default (0: one thread per physical core); the setting sets
+    both."""
     from photofield_ai.app import load_models
     from photofield_ai.config import Settings
 
@@ -233,6 +237,7 @@ def test_intra_op_threads_setting_reaches_both_sessions(
         **({"PHOTOFIELD_AI_INTRA_OP_THREADS": setting} if setting else {}),
     }
     models = load_models(Settings.from_env(env))
-    for session in (models.visual, models.textual):
-        assert session is not None
-        assert session.session.get_session_options().intra_op_num_threads == threads
+    assert models.visual is not None and models.textual is not None
+    options = models.visual.session.get_session_options()
+    assert options.intra_op_num_threads == visual_threads
+    assert models.textual.session.get_session_options().intra_op_num_threads == textual_threads

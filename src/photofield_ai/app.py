@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -132,7 +133,9 @@ def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedMo
                 path,
                 providers,
                 expected_kind=kind,  # type: ignore[arg-type]
-                intra_op_threads=settings.intra_op_threads or 0,
+                intra_op_threads=thread_layout(
+                    settings, kind, uses_accelerator(providers)
+                ).intra_op_threads,
             ),
         )
     faces = load_face_models(settings, providers, progress)
@@ -218,16 +221,51 @@ def recognizer_runner(recognizer: OnnxModel) -> Callable[[np.ndarray], np.ndarra
     return run
 
 
-def batch_policy(settings: Settings, accelerated: bool) -> BatchPolicy:
-    """Defaults per device kind, from benchmarks/ (see README "Tuning"): a CPU gains little past
-    batch 8 and one batch already uses every core (K=1); a GPU wants large batches and two in
-    flight so that copies overlap compute."""
-    default_n, default_k = (64, 2) if accelerated else (8, 1)
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ThreadLayout:
+    """How one CLIP model uses the device: threads per session call, session calls at once."""
+
+    intra_op_threads: int  # 0: ONNX Runtime's default, one per physical core
+    concurrent_batches: int  # K
+
+
+def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLayout:
+    """Defaults per device kind and model, from benchmarks/ (README "Tuning"); explicit settings
+    always win.
+
+    On a CPU the visual model serves indexing, where throughput is what counts: one
+    single-threaded batch per core spends no time in ONNX Runtime's thread barriers (measured on
+    2 cores: 16.0 vs 12-14 images/s at 32 clients, steadier too). The textual model serves
+    searches, lone requests whose latency is what counts: one batch at a time across all cores.
+    On an accelerator the device does the work: two batches in flight overlap copies and compute.
+    """
+    threads = settings.intra_op_threads
+    if accelerated:
+        return ThreadLayout(threads or 0, settings.max_concurrent_batches or 2)
+    if kind == "visual":
+        threads = threads or 1
+        return ThreadLayout(
+            threads, settings.max_concurrent_batches or max(1, usable_cpus() // threads)
+        )
+    return ThreadLayout(threads or 0, settings.max_concurrent_batches or 1)
+
+
+def batch_policy(settings: Settings, accelerated: bool, concurrent_batches: int) -> BatchPolicy:
+    """N defaults per device kind (README "Tuning"): a CPU gains little past batch 8 while every
+    item waits for its whole batch; a GPU wants large batches."""
     timeout_ms = settings.batch_timeout_ms if settings.batch_timeout_ms is not None else 2.0
     return BatchPolicy(
-        max_batch_size=settings.max_batch_size or default_n,
+        max_batch_size=settings.max_batch_size or (64 if accelerated else 8),
         batch_timeout_s=timeout_ms / 1000.0,
-        max_concurrent_batches=settings.max_concurrent_batches or default_k,
+        max_concurrent_batches=concurrent_batches,
         max_queue=settings.max_queue,
         queue_timeout_s=(
             settings.queue_timeout_ms / 1000.0 if settings.queue_timeout_ms is not None else None
@@ -275,24 +313,26 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
             return executor
 
         if models is not None:
-            policy = batch_policy(settings, uses_accelerator(models.providers))
+            accelerated = uses_accelerator(models.providers)
             gate = PriorityGate()
-            log.info(
-                "Batching: max batch size %d, batch timeout %.1f ms, %d batch(es) in flight, "
-                "queue of %d, %s intra-op threads per session call, image and face work at "
-                "nice +%d",
-                policy.max_batch_size,
-                policy.batch_timeout_s * 1000,
-                policy.max_concurrent_batches,
-                policy.max_queue,
-                settings.intra_op_threads or "ONNX Runtime's default number of",
-                settings.indexing_nice,
-            )
             for session in (models.visual, models.textual):
                 if session is None:
                     continue
+                layout = thread_layout(settings, session.kind, accelerated)
+                policy = batch_policy(settings, accelerated, layout.concurrent_batches)
                 await anyio.to_thread.run_sync(session.warmup)
                 log.info(session.describe())
+                log.info(
+                    "%s batching: max batch size %d, batch timeout %.1f ms, %d batch(es) in "
+                    "flight of %s intra-op thread(s) each, queue of %d%s",
+                    session.kind.capitalize(),
+                    policy.max_batch_size,
+                    policy.batch_timeout_s * 1000,
+                    policy.max_concurrent_batches,
+                    layout.intra_op_threads or "ONNX Runtime's default number of",
+                    policy.max_queue,
+                    f", at nice +{settings.indexing_nice}" if session.kind == "visual" else "",
+                )
                 metrics.model_info.labels(session.kind).info(_model_info(session))
                 batcher = DynamicBatcher(
                     session.kind,
@@ -312,6 +352,11 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
                 model = EmbeddingModel(batcher, session.input_size, _model_info(session))
                 setattr(state, session.kind, model)
             if models.faces is not None:
+                policy = batch_policy(
+                    settings,
+                    accelerated,
+                    thread_layout(settings, "faces", accelerated).concurrent_batches,
+                )
                 face_batchers = []
                 for name, face_model, runner in (
                     (
