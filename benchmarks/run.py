@@ -15,6 +15,7 @@ import functools
 import os
 import platform
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -27,6 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.load import LoadResult, Workload, run_load, run_mixed
 from photofield_ai import __version__
+from photofield_ai.app import ThreadLayout, thread_layout
+from photofield_ai.config import Settings
 from photofield_ai.runtime import ModelSession
 from photofield_ai.testing.models import PRESETS, generate
 from photofield_ai.testing.server import ServerProcess, start_server
@@ -107,20 +110,42 @@ def table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 # -- 1. model-only ceiling ---------------------------------------------------------------------
 def measure_session(
-    session: ModelSession, batch: int, min_s: float, warm_up: bool = True, min_calls: int = 2
+    session: ModelSession,
+    batch: int,
+    min_s: float,
+    warm_up: bool = True,
+    min_calls: int = 2,
+    streams: int = 1,
 ) -> float:
+    """items/s of back-to-back calls on one stacked batch, from `streams` threads at once."""
     x = session.example_input(batch)
     if warm_up:
         session.run(x)  # the first call with a new shape allocates
-    calls, started = 0, time.perf_counter()
-    while calls < min_calls or time.perf_counter() - started < min_s:
-        session.run(x)
-        calls += 1
-    return calls * batch / (time.perf_counter() - started)
+    calls = [0] * streams
+    started = time.perf_counter()
+
+    def call_repeatedly(i: int) -> None:
+        while calls[i] < min_calls or time.perf_counter() - started < min_s:
+            session.run(x)
+            calls[i] += 1
+
+    if streams == 1:
+        call_repeatedly(0)
+    else:
+        threads = [threading.Thread(target=call_repeatedly, args=(i,)) for i in range(streams)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return sum(calls) * batch / (time.perf_counter() - started)
 
 
 def measure_batch_sizes(
-    session: ModelSession, batch_sizes: list[int], min_s: float, rounds: int = 3
+    session: ModelSession,
+    batch_sizes: list[int],
+    min_s: float,
+    rounds: int = 3,
+    streams: int = 1,
 ) -> list[float]:
     """items/s per batch size, measured in `rounds` interleaved passes and averaged: this VM's
     speed drifts by 10-20 % over minutes, and one pass per size would let the drift pick the
@@ -132,7 +157,9 @@ def measure_batch_sizes(
     for _ in range(rounds):
         for b in batch_sizes:
             started = time.perf_counter()
-            rate = measure_session(session, b, min_s / rounds, warm_up=False, min_calls=1)
+            rate = measure_session(
+                session, b, min_s / rounds, warm_up=False, min_calls=1, streams=streams
+            )
             elapsed = time.perf_counter() - started
             items[b] += rate * elapsed
             seconds[b] += elapsed
@@ -147,8 +174,10 @@ def model_ceiling(
         "",
         "One `session.run` on a stacked batch, no HTTP, no preprocessing; each batch size "
         "measured in three interleaved passes and averaged (6 s per size for the dtype the HTTP "
-        "runs use, 3 s for the others). The ceiling the server's throughput is compared with "
-        "is the best of each row.",
+        "runs use, 3 s for the others). Rows without a layout: one call at a time with ONNX "
+        "Runtime's default threads (one per physical core); where the server lays a model out "
+        "otherwise by default, that layout has its own row. The ceiling the server's "
+        "throughput is compared with is the best figure of the model and dtype, any layout.",
         "",
     ]
     ceilings: dict[str, float] = {}
@@ -158,18 +187,37 @@ def model_ceiling(
         min_s = 1.0 if cfg.quick else 6.0 if dtype == dtypes[0] else 3.0
         visual_path, textual_path = generate("vit-b-32", dtype, cfg.workdir / "models")
         for kind, path in (("visual", visual_path), ("textual", textual_path)):
-            session = ModelSession(path, cfg.providers)
-            rates = measure_batch_sizes(session, batch_sizes, min_s)
-            best = max(rates)
-            ceilings[f"{kind}-{dtype}"] = best
-            best_b = batch_sizes[rates.index(best)]
-            rows.append([kind, dtype, *(f"{r:.1f}" for r in rates), f"**{best:.1f}** (b={best_b})"])
-            print(
-                f"ceiling {kind} {dtype}: "
-                + ", ".join(f"b{b}={r:.1f}" for b, r in zip(batch_sizes, rates, strict=True)),
-                flush=True,
-            )
-            del session
+            layouts = [(kind, ThreadLayout(0, 1))]
+            server_layout = thread_layout(Settings(), kind, cfg.gpu)
+            if server_layout != ThreadLayout(0, 1):
+                threads = server_layout.intra_op_threads or "default"
+                layouts.append(
+                    (
+                        f"{kind}, {threads} thread(s) × {server_layout.concurrent_batches} "
+                        "calls at once (the server's layout)",
+                        server_layout,
+                    )
+                )
+            for label, layout in layouts:
+                session = ModelSession(
+                    path, cfg.providers, intra_op_threads=layout.intra_op_threads
+                )
+                rates = measure_batch_sizes(
+                    session, batch_sizes, min_s, streams=layout.concurrent_batches
+                )
+                best = max(rates)
+                key = f"{kind}-{dtype}"
+                ceilings[key] = max(best, ceilings.get(key, 0.0))
+                best_b = batch_sizes[rates.index(best)]
+                rows.append(
+                    [label, dtype, *(f"{r:.1f}" for r in rates), f"**{best:.1f}** (b={best_b})"]
+                )
+                print(
+                    f"ceiling {label} {dtype}: "
+                    + ", ".join(f"b{b}={r:.1f}" for b, r in zip(batch_sizes, rates, strict=True)),
+                    flush=True,
+                )
+                del session
     lines += table(["model", "dtype", *(f"b={b}" for b in batch_sizes), "best"], rows)
     return lines, ceilings
 
@@ -400,7 +448,9 @@ def http_tables(
 # -- lone request: the latency batching adds when there is nothing to batch -------------------
 @dataclass(frozen=True)
 class LoneRequest:
-    bare_p50_s: float
+    bare_p50_s: float  # one batch-1 call, the server's layout of the visual model
+    default_p50_s: float  # one batch-1 call, ONNX Runtime's default threads
+    layout: ThreadLayout
     http: LoadResult
     activity: Activity
 
@@ -408,30 +458,44 @@ class LoneRequest:
 def lone_request_latency(cfg: Config, dtype: str, rounds: int = 3) -> LoneRequest:
     """One 256-px JPEG at a time over HTTP vs one bare batch-1 session call, in alternating
     rounds: measured minutes apart, this VM's drift alone would move the comparison by more
-    than the 5 ms it is about."""
+    than the 5 ms it is about. The bare call is timed both in the server's layout of the visual
+    model and with ONNX Runtime's default threads, so that the layout's cost shows too."""
     seconds = 1.0 if cfg.quick else 3.0
     thumbs = Workload("image", tuple(jpeg(256, 192, quality=85, seed=i) for i in range(16)))
-    visual = ModelSession(generate("vit-b-32", dtype, cfg.workdir / "models")[0], cfg.providers)
-    x = visual.example_input(1)
-    visual.run(x)
-    bare: list[float] = []
+    path = generate("vit-b-32", dtype, cfg.workdir / "models")[0]
+    layout = thread_layout(Settings(), "visual", cfg.gpu)
+    sessions = {
+        "server": ModelSession(path, cfg.providers, intra_op_threads=layout.intra_op_threads),
+        "default": ModelSession(path, cfg.providers),
+    }
+    x = sessions["server"].example_input(1)
+    bare: dict[str, list[float]] = {name: [] for name in sessions}
+    for session in sessions.values():
+        session.run(x)
     http = LoadResult(1, 0.0)
     server = start(cfg, dtype)
     try:
         before = ServerCounters.read(server, "visual")
         for _ in range(rounds):
-            stop_at = time.perf_counter() + seconds
-            while (now := time.perf_counter()) < stop_at:
-                visual.run(x)
-                bare.append(time.perf_counter() - now)
-            part = run_load(server.url, thumbs, 1, 0.5, seconds)
-            http.add_window(part)
+            for name, session in sessions.items():
+                stop_at = time.perf_counter() + seconds
+                while (now := time.perf_counter()) < stop_at:
+                    session.run(x)
+                    bare[name].append(time.perf_counter() - now)
+            http.add_window(run_load(server.url, thumbs, 1, 0.5, seconds))
         activity = ServerCounters.read(server, "visual").since(before)
     finally:
         server.stop()
-    result = LoneRequest(float(np.percentile(bare, 50)), http, activity)
+    result = LoneRequest(
+        float(np.percentile(bare["server"], 50)),
+        float(np.percentile(bare["default"], 50)),
+        layout,
+        http,
+        activity,
+    )
     print(
-        f"lone request: bare batch-1 call p50 {fmt_ms(result.bare_p50_s)} ms, HTTP C=1 p50 "
+        f"lone request: bare batch-1 call p50 {fmt_ms(result.bare_p50_s)} ms (server layout), "
+        f"{fmt_ms(result.default_p50_s)} ms (default threads); HTTP C=1 p50 "
         f"{fmt_ms(http.percentile(50))} ms",
         flush=True,
     )
@@ -603,15 +667,27 @@ def summary(
             ]
         )
     p50 = lone.http.percentile(50)
+    threads = lone.layout.intra_op_threads or "default"
     rows.append(
         [
-            "256-px JPEG p50 at C=1 vs one bare batch-1 call (alternating rounds)",
+            "256-px JPEG p50 at C=1 vs one bare batch-1 call in the server's layout "
+            f"({threads} thread(s)), alternating rounds",
             f"{fmt_ms(p50)} ms vs {fmt_ms(lone.bare_p50_s)} ms "
             f"({(p50 - lone.bare_p50_s) * 1000:+.1f} ms; the server's own calls took "
             f"{fmt_ms(lone.activity.mean_call_s)} ms on average)",
             "≤ call + 5 ms",
         ]
     )
+    if lone.layout.intra_op_threads:
+        rows.append(
+            [
+                "the same, vs one bare batch-1 call with ONNX Runtime's default threads",
+                f"{fmt_ms(p50)} ms vs {fmt_ms(lone.default_p50_s)} ms "
+                f"({(p50 - lone.default_p50_s) * 1000:+.1f} ms): the price of the indexing "
+                "layout for a lone image",
+                "(informative)",
+            ]
+        )
     worse = [
         f"{label} C={c}"
         for (label, mode, c), r in results.items()
