@@ -35,9 +35,17 @@ from photofield_ai.testing.models import PRESETS, generate
 from photofield_ai.testing.server import ServerProcess, start_server
 from tests.images import jpeg
 
+NOISE_NOTE = (
+    "Reading these: a shared VM's speed drifts by 10-20 % within minutes, so differences "
+    "smaller than that are not findings. At C=1 batching on and off run the same path (a batch "
+    "of one, started at once); a difference there is drift. `python -m benchmarks.compare` "
+    "repeats one comparison in interleaved rounds when a number matters."
+)
 # Batching on and off are measured in alternating rounds, each with its own warm-up.
 HTTP_ROUNDS = 2
-SOAK_START, SOAK_END = "<!-- soak:start -->", "<!-- soak:end -->"
+# Sections other commands write into the same file (benchmarks.soak; comparisons recorded with
+# benchmarks.compare) and a rerun of this suite keeps.
+KEPT_SECTIONS = ("compare", "soak")
 TEXTS = (
     "beach sunset",
     "cat eyes",
@@ -703,6 +711,10 @@ def summary(
         ]
     )
     lines += table(["target", "measured", "goal"], rows)
+    lines += [
+        NOISE_NOTE,
+        "",
+    ]
     return lines
 
 
@@ -770,11 +782,13 @@ def main(argv: list[str] | None = None) -> int:
         + process_lines
     )
     text = "\n".join(report)
-    if args.out.exists():  # keep the soak section (benchmarks/soak.py) of an earlier run
+    if args.out.exists():
         old = args.out.read_text()
-        if SOAK_START in old and SOAK_END in old:
-            soak = old[old.index(SOAK_START) : old.index(SOAK_END) + len(SOAK_END)]
-            text = text.rstrip("\n") + "\n\n" + soak + "\n"
+        for name in KEPT_SECTIONS:
+            start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+            if start in old and end in old:
+                kept = old[old.index(start) : old.index(end) + len(end)]
+                text = text.rstrip("\n") + "\n\n" + kept + "\n"
     args.out.write_text(text)
     print(f"wrote {args.out}")
     return 0
