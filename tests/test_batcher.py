@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from photofield_ai.app import ThreadLayout, thread_layout, usable_cpus
+from photofield_ai.app import ThreadLayout, thread_layout
 from photofield_ai.batcher import (
     BatcherClosedError,
     BatchFailedError,
@@ -22,6 +22,7 @@ from photofield_ai.batcher import (
 )
 from photofield_ai.config import Settings
 from photofield_ai.metrics import Metrics
+from photofield_ai.runtime.cpus import usable_cpus
 
 pytestmark = pytest.mark.anyio
 

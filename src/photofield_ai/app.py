@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from photofield_ai.runtime import (
     available_providers,
     select_providers,
 )
+from photofield_ai.runtime.cpus import usable_cpus
 from photofield_ai.runtime.priority import call_in_lowered_thread, lowered_executor
 from photofield_ai.runtime.providers import uses_accelerator
 
@@ -219,14 +219,6 @@ def recognizer_runner(recognizer: OnnxModel) -> Callable[[np.ndarray], np.ndarra
         return recognizer.run(batch)[0]
 
     return run
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (a container's cpuset, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
