@@ -729,6 +729,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="measuring window per run")
     parser.add_argument("--client-processes", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.gpu and "CUDAExecutionProvider" not in ort.get_available_providers():
+        # Otherwise ONNX Runtime warns and runs everything on the CPU under a GPU heading.
+        parser.exit(
+            2,
+            "--gpu needs ONNX Runtime's CUDA provider; available here: "
+            f"{', '.join(ort.get_available_providers())}. Install the GPU build with "
+            "`sh deploy/install.sh --gpu --dev .venv`.\n",
+        )
     quick = args.quick
     cfg = Config(
         gpu=args.gpu,

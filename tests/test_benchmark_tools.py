@@ -3,10 +3,14 @@ BENCHMARKS.md are only as good as the client that produced them."""
 
 import asyncio
 import json
+import subprocess
+import sys
 import urllib.request
 
 import httpx
 import numpy as np
+import onnxruntime as ort
+import pytest
 
 from benchmarks.load import Workload, encode_requests, run_load
 from benchmarks.run import ServerCounters, measure
@@ -71,3 +75,17 @@ def test_server_counters_follow_the_work(server: ServerProcess) -> None:
     with urllib.request.urlopen(server.url + "/health"):
         pass
     assert ServerCounters.read(server, "textual").items == before.items
+
+
+def test_gpu_benchmark_refuses_a_machine_without_cuda() -> None:
+    """Rather than measuring the CPU under a GPU heading."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA provider")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--gpu", "--out", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--gpu needs ONNX Runtime's CUDA provider" in result.stderr
