@@ -1,7 +1,7 @@
 """The benchmark suite: model-only ceiling, end-to-end HTTP with batching on and off, and search
 latency while a library indexes. Writes a markdown report (BENCHMARKS.md).
 
-    make bench                      # CPU, generated ViT-B/32 models, ~10 minutes on 2 cores
+    make bench                      # CPU, generated ViT-B/32 models, ~16 minutes on 2 cores
     python -m benchmarks.run --gpu  # CUDA machine with onnxruntime-gpu, float16, < 5 minutes
     python -m benchmarks.run --quick --out /tmp/bench.md   # a smoke run of everything
 """
