@@ -45,6 +45,20 @@ def _readiness(what: str) -> dict[str, Any]:
     }
 
 
+def _list_of(key: str, required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """A response body `{key: [item, ...]}`: the shape of every embedding answer."""
+    return {
+        "type": "object",
+        "required": [key],
+        "properties": {
+            key: {
+                "type": "array",
+                "items": {"type": "object", "required": required, "properties": properties},
+            }
+        },
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     embedding_props = {
         "embedding_f16_b64": {
@@ -159,87 +173,51 @@ def openapi_document() -> dict[str, Any]:
                     "required": ["texts"],
                     "properties": {"texts": {"type": "array", "items": {"type": "string"}}},
                 },
-                "TextEmbeddings": {
-                    "type": "object",
-                    "required": ["texts"],
-                    "properties": {
-                        "texts": {
+                "TextEmbeddings": _list_of(
+                    "texts",
+                    ["text", *embedding_props],
+                    {"text": {"type": "string"}, **embedding_props},
+                ),
+                "Faces": _list_of(
+                    "images",
+                    ["field", "filename", "faces"],
+                    {
+                        **part_props,
+                        "faces": {
                             "type": "array",
                             "items": {
                                 "type": "object",
-                                "required": ["text", *embedding_props],
-                                "properties": {"text": {"type": "string"}, **embedding_props},
-                            },
-                        }
-                    },
-                },
-                "Faces": {
-                    "type": "object",
-                    "required": ["images"],
-                    "properties": {
-                        "images": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["field", "filename", "faces"],
+                                "required": ["bbox", "confidence", "landmarks", *embedding_props],
                                 "properties": {
-                                    **part_props,
-                                    "faces": {
+                                    "bbox": {
                                         "type": "array",
+                                        "items": {"type": "number"},
+                                        "minItems": 4,
+                                        "maxItems": 4,
+                                    },
+                                    "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                                    "landmarks": {
+                                        "type": "array",
+                                        "minItems": 5,
+                                        "maxItems": 5,
                                         "items": {
-                                            "type": "object",
-                                            "required": [
-                                                "bbox",
-                                                "confidence",
-                                                "landmarks",
-                                                *embedding_props,
-                                            ],
-                                            "properties": {
-                                                "bbox": {
-                                                    "type": "array",
-                                                    "items": {"type": "number"},
-                                                    "minItems": 4,
-                                                    "maxItems": 4,
-                                                },
-                                                "confidence": {
-                                                    "type": "number",
-                                                    "minimum": 0,
-                                                    "maximum": 1,
-                                                },
-                                                "landmarks": {
-                                                    "type": "array",
-                                                    "minItems": 5,
-                                                    "maxItems": 5,
-                                                    "items": {
-                                                        "type": "array",
-                                                        "items": {"type": "number"},
-                                                        "minItems": 2,
-                                                        "maxItems": 2,
-                                                    },
-                                                },
-                                                **embedding_props,
-                                            },
+                                            "type": "array",
+                                            "items": {"type": "number"},
+                                            "minItems": 2,
+                                            "maxItems": 2,
                                         },
                                     },
+                                    **embedding_props,
                                 },
                             },
-                        }
+                        },
                     },
-                },
-                "ImageEmbeddings": {
-                    "type": "object",
-                    "required": ["images"],
-                    "properties": {
-                        "images": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["field", "filename", *embedding_props],
-                                "properties": {**part_props, **embedding_props},
-                            },
-                        }
-                    },
-                },
+                ),
+                "ImageEmbeddings": _list_of(
+                    "images",
+                    ["field", "filename", *embedding_props],
+                    {**part_props, **embedding_props},
+                ),
             }
         },
     }
