@@ -23,9 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.load import LoadResult, Workload, run_load, run_mixed
-from benchmarks.run import TEXTS, Activity, Config, fmt_ms, measure, start, table
-from tests.images import jpeg
+from benchmarks.load import LoadResult, run_load, run_mixed
+from benchmarks.run import (
+    Activity,
+    Config,
+    fmt_ms,
+    measure,
+    searches,
+    start,
+    table,
+    thumbnails,
+)
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -56,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(args.gpu, False, args.workdir, args.seconds, 1.0, 1)
     variants = dict([("default", {}), *(parse_variant(v) for v in args.variants)])
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    thumbs = Workload("image", tuple(jpeg(256, 192, quality=85, seed=i) for i in range(16)))
-    texts = Workload("text", texts=TEXTS)
+    thumbs, texts = thumbnails(), searches()
     workload = thumbs if args.kind == "image" else texts
     model = "visual" if args.kind == "image" else "textual"
     background: dict[tuple[str, int], list[LoadResult]] = {}

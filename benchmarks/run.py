@@ -59,6 +59,15 @@ TEXTS = (
 )
 
 
+def thumbnails() -> Workload:
+    """Photofield's indexing request: one 256-px JPEG thumbnail (16 distinct ones in turn)."""
+    return Workload("image", tuple(jpeg(256, 192, quality=85, seed=i) for i in range(16)))
+
+
+def searches() -> Workload:
+    return Workload("text", texts=TEXTS)
+
+
 @dataclass(frozen=True)
 class Config:
     gpu: bool
@@ -269,23 +278,13 @@ class ServerCounters:
         )
 
     def since(self, before: ServerCounters) -> Activity:
-        cpu = (
-            self.cpu_s - before.cpu_s
-            if self.cpu_s is not None and before.cpu_s is not None
-            else None
-        )
-        loop_cpu = (
-            self.loop_cpu_s - before.loop_cpu_s
-            if self.loop_cpu_s is not None and before.loop_cpu_s is not None
-            else None
-        )
         return Activity(
             inference_s=self.inference_s - before.inference_s,
             items=self.items - before.items,
             batches=self.batches - before.batches,
-            cpu_s=cpu,
+            cpu_s=_combine(self.cpu_s, before.cpu_s, -1),
             wall_s=self.at - before.at,
-            loop_cpu_s=loop_cpu,
+            loop_cpu_s=_combine(self.loop_cpu_s, before.loop_cpu_s, -1),
         )
 
 
@@ -318,12 +317,15 @@ class Activity:
             self.inference_s + other.inference_s,
             self.items + other.items,
             self.batches + other.batches,
-            None if self.cpu_s is None or other.cpu_s is None else self.cpu_s + other.cpu_s,
+            _combine(self.cpu_s, other.cpu_s, 1),
             self.wall_s + other.wall_s,
-            None
-            if self.loop_cpu_s is None or other.loop_cpu_s is None
-            else self.loop_cpu_s + other.loop_cpu_s,
+            _combine(self.loop_cpu_s, other.loop_cpu_s, 1),
         )
+
+
+def _combine(a: float | None, b: float | None, sign: int) -> float | None:
+    """a + sign·b for CPU times that some platforms cannot read (None)."""
+    return None if a is None or b is None else a + sign * b
 
 
 def process_cpu_s(pid: int, thread: int | None = None) -> float | None:
@@ -369,9 +371,9 @@ def start(cfg: Config, dtype: str, **env: str) -> ServerProcess:
 def http_tables(
     cfg: Config, dtype: str, image_conc: list[int], text_conc: list[int], photo_conc: list[int]
 ) -> tuple[list[str], dict[tuple[str, str, int], LoadResult]]:
-    thumbs = Workload("image", tuple(jpeg(256, 192, quality=85, seed=i) for i in range(16)))
+    thumbs = thumbnails()
     photos = Workload("image", tuple(jpeg(4000, 3000, quality=90, seed=i) for i in range(3)))
-    texts = Workload("text", texts=TEXTS)
+    texts = searches()
     results: dict[tuple[str, str, int], LoadResult] = {}
     activity: dict[tuple[str, str, int], Activity] = {}
     modes = [("on", {}), ("off (N=1)", {"PHOTOFIELD_AI_MAX_BATCH_SIZE": "1"})]
@@ -471,7 +473,7 @@ def lone_request_latency(cfg: Config, dtype: str, rounds: int = 3) -> LoneReques
     than the 5 ms it is about. The bare call is timed both in the server's layout of the visual
     model and with ONNX Runtime's default threads, so that the layout's cost shows too."""
     seconds = 1.0 if cfg.quick else 1.5 if cfg.gpu else 3.0
-    thumbs = Workload("image", tuple(jpeg(256, 192, quality=85, seed=i) for i in range(16)))
+    thumbs = thumbnails()
     path = generate("vit-b-32", dtype, cfg.workdir / "models")[0]
     layout = thread_layout(Settings(), "visual", cfg.gpu)
     sessions = {
@@ -516,8 +518,8 @@ def lone_request_latency(cfg: Config, dtype: str, rounds: int = 3) -> LoneReques
 def text_under_load(
     cfg: Config, dtype: str, image_concurrency: int
 ) -> tuple[list[str], LoadResult, LoadResult]:
-    thumbs = Workload("image", tuple(jpeg(256, 192, quality=85, seed=i) for i in range(16)))
-    texts = Workload("text", texts=TEXTS)
+    thumbs = thumbnails()
+    texts = searches()
     server = start(cfg, dtype)
     try:
         idle = run_load(server.url, texts, 1, cfg.warmup_s, cfg.measure_s)
@@ -577,8 +579,8 @@ def process_ceiling(cfg: Config, concurrency: int) -> list[str]:
     }
     env = {**cfg.server_env, "PHOTOFIELD_AI_MAX_BATCH_SIZE": "64"}
     server = start_server(cfg.workdir / "servers", visual, textual, 600, **env)
-    thumbs = Workload("image", tuple(jpeg(256, 192, quality=85, seed=i) for i in range(16)))
-    texts = Workload("text", texts=TEXTS)
+    thumbs = thumbnails()
+    texts = searches()
     rows = []
     try:
         for label, workload, model in (

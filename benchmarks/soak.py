@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.run import cpu_name
+from benchmarks.run import cpu_name, thumbnails
 from photofield_ai import __version__
 from photofield_ai.testing.models import generate
 from photofield_ai.testing.server import start_server
@@ -59,7 +59,7 @@ class SoakResult:
 
 
 async def soak(url: str, pid: int, seconds: float, warmup_s: float) -> SoakResult:
-    thumbs = [jpeg(256, 192, quality=85, seed=i) for i in range(16)]
+    thumbs = thumbnails().payloads
     photos = [jpeg(4000, 3000, seed=i) for i in range(2)]
     bad = bad_requests(thumbs[0])
     statuses: Counter[str] = Counter()
