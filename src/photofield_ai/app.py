@@ -236,8 +236,10 @@ def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLay
     On a CPU the visual model serves indexing, where throughput is what counts: one
     single-threaded batch per core spends no time in ONNX Runtime's thread barriers (measured on
     2 cores: 16.0 vs 12-14 images/s at 32 clients, steadier too). The textual model serves
-    searches, lone requests whose latency is what counts: one batch at a time across all cores.
-    On an accelerator the device does the work: two batches in flight overlap copies and compute.
+    searches, lone requests whose latency is what counts: one batch at a time across all cores;
+    any kind but "visual" gets this layout, the face models included (whose sessions only take
+    K from it and keep ONNX Runtime's threads). On an accelerator the device does the work: two
+    batches in flight overlap copies and compute.
     """
     threads = settings.intra_op_threads
     if accelerated:
