@@ -15,6 +15,17 @@ __all__ = ["ServerProcess", "free_port", "start_server"]
 DATA = Path(__file__).parent / "data"
 
 
+def tiny_env(models: tuple[Path, Path], **extra: str) -> dict[str, str]:
+    """PHOTOFIELD_AI_* for a CPU server on generated models, as `run_cli` and
+    `Settings.from_env` take them; `extra` adds or overrides settings."""
+    return {
+        "PHOTOFIELD_AI_VISUAL_MODEL": str(models[0]),
+        "PHOTOFIELD_AI_TEXTUAL_MODEL": str(models[1]),
+        "PHOTOFIELD_AI_RUNTIME": "cpu",
+        **extra,
+    }
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")

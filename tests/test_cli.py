@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from photofield_ai import __version__
-from tests.conftest import free_port
+from tests.conftest import free_port, tiny_env
 from tests.hub_standin import serve_stand_in
 
 
@@ -102,13 +102,7 @@ def test_port_in_use_exits_cleanly(tiny_float32: tuple[Path, Path]) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = run_cli(
-            env={
-                "PHOTOFIELD_AI_VISUAL_MODEL": str(tiny_float32[0]),
-                "PHOTOFIELD_AI_TEXTUAL_MODEL": str(tiny_float32[1]),
-                "PHOTOFIELD_AI_RUNTIME": "cpu",
-                "PHOTOFIELD_AI_HOST": "127.0.0.1",
-                "PHOTOFIELD_AI_PORT": str(port),
-            }
+            env=tiny_env(tiny_float32, PHOTOFIELD_AI_HOST="127.0.0.1", PHOTOFIELD_AI_PORT=str(port))
         )
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
 

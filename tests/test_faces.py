@@ -16,7 +16,7 @@ from PIL import Image
 
 from photofield_ai.clip.wire import decode_embedding
 from photofield_ai.faces import alignment, detection
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess, start_server, tiny_env
 from tests.face_fakes import (
     EXPECTED,
     FACES,
@@ -280,14 +280,12 @@ def test_explicitly_enabled_faces_that_cannot_load_exit_cleanly(
     tmp_path: Path, tiny_float32: tuple[Path, Path]
 ) -> None:
     result = run_cli(
-        env={
-            "PHOTOFIELD_AI_VISUAL_MODEL": str(tiny_float32[0]),
-            "PHOTOFIELD_AI_TEXTUAL_MODEL": str(tiny_float32[1]),
-            "PHOTOFIELD_AI_RUNTIME": "cpu",
-            "PHOTOFIELD_AI_FACES_ENABLED": "1",
-            "PHOTOFIELD_AI_FACE_DETECTOR_MODEL": str(tmp_path / "none.onnx"),
-            "PHOTOFIELD_AI_PORT": "0" if False else "18999",
-        }
+        env=tiny_env(
+            tiny_float32,
+            PHOTOFIELD_AI_FACES_ENABLED="1",
+            PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(tmp_path / "none.onnx"),
+            PHOTOFIELD_AI_PORT="18999",
+        )
     )
     assert_one_line_error(result, "model file not found")
 

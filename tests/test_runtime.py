@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from photofield_ai.runtime import ModelLoadError, ModelSession, ProviderError, select_providers
 from photofield_ai.runtime.session import DISABLED_OPTIMIZERS
 from photofield_ai.testing.models import generate
+from tests.conftest import tiny_env
 
 CPU = ["CPUExecutionProvider"]
 
@@ -228,14 +229,11 @@ def test_intra_op_threads_reach_the_sessions(
     from photofield_ai.app import load_models
     from photofield_ai.config import Settings
 
-    visual, textual = tiny_float32
-    env = {
-        "PHOTOFIELD_AI_VISUAL_MODEL": str(visual),
-        "PHOTOFIELD_AI_TEXTUAL_MODEL": str(textual),
-        "PHOTOFIELD_AI_RUNTIME": "cpu",
-        "PHOTOFIELD_AI_FACES_ENABLED": "0",
+    env = tiny_env(
+        tiny_float32,
+        PHOTOFIELD_AI_FACES_ENABLED="0",
         **({"PHOTOFIELD_AI_INTRA_OP_THREADS": setting} if setting else {}),
-    }
+    )
     models = load_models(Settings.from_env(env))
     assert models.visual is not None and models.textual is not None
     options = models.visual.session.get_session_options()
