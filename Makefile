@@ -36,7 +36,7 @@ pytest: setup
 
 # Offline try-out: generated ViT-B/32-shaped models (random weights, real cost), no download.
 models: setup
-	$(BIN)/python -m photofield_ai.testing.models --preset vit-b-32 --dtype float32 --out $(MODELS)
+	$(BIN)/python -m photofield_ai.testing.generate --preset vit-b-32 --dtype float32 --out $(MODELS)
 
 try: models
 	PHOTOFIELD_AI_VISUAL_MODEL=$(MODELS)/clip-vit-b-32-visual-float32.onnx \

@@ -23,17 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import Config, fmt_ms, searches, start, table, thumbnails
+from benchmarks.counters import Activity, measure
 from benchmarks.load import LoadResult, run_load, run_mixed
-from benchmarks.run import (
-    Activity,
-    Config,
-    fmt_ms,
-    measure,
-    searches,
-    start,
-    table,
-    thumbnails,
-)
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:

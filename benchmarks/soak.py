@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.run import cpu_name, thumbnails
+from benchmarks.common import cpu_name, thumbnails
 from photofield_ai import __version__
-from photofield_ai.testing.models import generate
+from photofield_ai.testing.generate import generate
 from photofield_ai.testing.server import start_server
 from tests.images import jpeg
 

@@ -2,17 +2,56 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from photofield_ai.testing.models import generate
+from photofield_ai.families import Kind
+from photofield_ai.runtime import OnnxSession
+from photofield_ai.serving.loading import LoadedEmbeddingModel, load_embedding_model
+from photofield_ai.testing.generate import generate
 from photofield_ai.testing.server import ServerProcess, free_port, start_server
 
 __all__ = ["ServerProcess", "free_port", "start_server"]
 
 DATA = Path(__file__).parent / "data"
+CPU = ["CPUExecutionProvider"]
+
+
+def clip_model(
+    path: Path, kind: Kind, session_type: type[OnnxSession] = OnnxSession, threads: int = 0
+) -> LoadedEmbeddingModel:
+    """A CLIP model file loaded as the server loads it (CPU), to compute expected answers."""
+    return load_embedding_model(
+        path, CPU, kind, intra_op_threads=threads, session_type=session_type
+    )
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m photofield_ai ARGS` with only the given PHOTOFIELD_AI_* settings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PHOTOFIELD_AI_")}
+    return subprocess.run(
+        [sys.executable, "-m", "photofield_ai", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0]
 
 
 def tiny_env(models: tuple[Path, Path], **extra: str) -> dict[str, str]:

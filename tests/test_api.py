@@ -11,8 +11,7 @@ import pytest
 from photofield_ai.clip.preprocess import preprocess_image
 from photofield_ai.clip.tokenizer import ClipTokenizer
 from photofield_ai.clip.wire import decode_embedding, encode_embedding
-from photofield_ai.runtime import ModelSession
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess, clip_model, start_server
 from tests.images import encode, jpeg, photo
 
 CPU = ["CPUExecutionProvider"]
@@ -44,7 +43,7 @@ def test_image_embedding_matches_the_model(
     assert list(item) == ["field", "filename", "embedding_f16_b64", "embedding_inv_norm_f16_uint16"]
     assert (item["field"], item["filename"]) == ("image", "heavy-industry.jpg")
     got = assert_embedding_fields(item)
-    session = ModelSession(tiny_float32[0], CPU)
+    session = clip_model(tiny_float32[0], "visual")
     expected = session.run(preprocess_image(heavy_industry, 224)[None])[0]
     np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float16), atol=1e-3)
 
@@ -79,7 +78,7 @@ def test_text_embeddings_match_the_model(
     items = r.json()["texts"]
     assert [i["text"] for i in items] == texts
     assert list(items[0]) == ["text", "embedding_f16_b64", "embedding_inv_norm_f16_uint16"]
-    session = ModelSession(tiny_float32[1], CPU)
+    session = clip_model(tiny_float32[1], "textual")
     tokenizer = ClipTokenizer.from_package()
     expected = session.run(np.stack([tokenizer.tokenize(t) for t in texts]))
     for item, row in zip(items, expected, strict=True):
@@ -211,7 +210,7 @@ def test_float16_models_serve(
     try:
         r = httpx.post(srv.url + "/image-embeddings", files={"image": ("a.jpg", heavy_industry)})
         assert r.status_code == 200
-        session = ModelSession(tiny_float16[0], CPU)
+        session = clip_model(tiny_float16[0], "visual")
         expected = session.run(preprocess_image(heavy_industry, 224)[None])[0]
         got = decode_embedding(r.json()["images"][0]["embedding_f16_b64"])
         np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), atol=2e-2)

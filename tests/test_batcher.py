@@ -10,7 +10,6 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from photofield_ai.app import ThreadLayout, thread_layout
 from photofield_ai.batcher import (
     BatcherClosedError,
     BatchFailedError,
@@ -20,9 +19,7 @@ from photofield_ai.batcher import (
     QueueFullError,
     QueueTimeoutError,
 )
-from photofield_ai.config import Settings
 from photofield_ai.metrics import Metrics
-from photofield_ai.runtime.cpus import usable_cpus
 
 pytestmark = pytest.mark.anyio
 
@@ -63,13 +60,26 @@ def item(value: float) -> np.ndarray:
     return np.array([value], dtype=np.float32)
 
 
+def policy(**overrides: object) -> BatchPolicy:
+    """A policy for these tests (the server's defaults live in serving.layout)."""
+    values: dict[str, object] = {
+        "max_batch_size": 32,
+        "batch_timeout_s": 0.002,
+        "max_concurrent_batches": 1,
+        "max_queue": 1024,
+        "queue_timeout_s": None,
+        **overrides,
+    }
+    return BatchPolicy(**values)  # type: ignore[arg-type]
+
+
 def make(
-    model: Callable[[np.ndarray], np.ndarray], metrics: Metrics | None = None, **policy: object
+    model: Callable[[np.ndarray], np.ndarray], metrics: Metrics | None = None, **overrides: object
 ) -> DynamicBatcher:
     batcher = DynamicBatcher(
         "visual",
         model,
-        BatchPolicy(**policy),  # type: ignore[arg-type]
+        policy(**overrides),
         metrics.for_batcher("visual") if metrics else None,
     )
     batcher.start()
@@ -222,11 +232,11 @@ async def test_metrics_count_batches_and_items() -> None:
 
 
 async def test_image_batches_yield_to_text_work() -> None:
-    gate = PriorityGate()
+    gate = PriorityGate(max_wait_s=1.0)
     images = SlowModel()
-    visual = DynamicBatcher("visual", images, BatchPolicy(), yields_to=gate)
+    visual = DynamicBatcher("visual", images, policy(), yields_to=gate)
     texts = SlowModel(delay=0.3)
-    textual = DynamicBatcher("textual", texts, BatchPolicy(), holds=gate)
+    textual = DynamicBatcher("textual", texts, policy(), holds=gate)
     visual.start()
     textual.start()
     text = asyncio.ensure_future(textual.submit(item(1)))
@@ -265,7 +275,7 @@ async def test_close_after_grace_fails_what_is_left() -> None:
 
 async def test_a_flood_of_text_cannot_starve_images() -> None:
     gate = PriorityGate(max_wait_s=0.2)
-    visual = DynamicBatcher("visual", SlowModel(), BatchPolicy(), yields_to=gate)
+    visual = DynamicBatcher("visual", SlowModel(), policy(), yields_to=gate)
     visual.start()
     gate.hold()  # text busy for as long as this test runs
     started = time.monotonic()
@@ -273,22 +283,3 @@ async def test_a_flood_of_text_cannot_starve_images() -> None:
     assert time.monotonic() - started >= 0.15
     gate.release()
     await visual.close(1)
-
-
-def test_thread_layout_defaults_per_device_and_model() -> None:
-    """CPU: the visual model runs one single-threaded batch per usable CPU (indexing
-    throughput), the textual one a batch at a time on every core (search latency). An
-    accelerator: two batches in flight. Explicit settings win everywhere."""
-    cpus = usable_cpus()
-    default = Settings()
-    assert thread_layout(default, "visual", False) == ThreadLayout(1, cpus)
-    assert thread_layout(default, "textual", False) == ThreadLayout(0, 1)
-    assert thread_layout(default, "visual", True) == ThreadLayout(0, 2)
-    assert thread_layout(default, "textual", True) == ThreadLayout(0, 2)
-    two = Settings(intra_op_threads=2)
-    assert thread_layout(two, "visual", False) == ThreadLayout(2, max(1, cpus // 2))
-    assert thread_layout(two, "textual", False) == ThreadLayout(2, 1)
-    explicit = Settings(intra_op_threads=3, max_concurrent_batches=5)
-    for kind in ("visual", "textual"):
-        for accelerated in (False, True):
-            assert thread_layout(explicit, kind, accelerated) == ThreadLayout(3, 5)

@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from benchmarks.counters import ServerCounters, measure
 from benchmarks.load import Workload, encode_requests, run_load
-from benchmarks.run import ServerCounters, measure
 from photofield_ai.clip.wire import decode_embedding
 from tests.conftest import ServerProcess
 from tests.images import jpeg

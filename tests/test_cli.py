@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -6,30 +5,8 @@ from pathlib import Path
 import pytest
 
 from photofield_ai import __version__
-from tests.conftest import free_port, tiny_env
+from tests.conftest import assert_one_line_error, free_port, run_cli, tiny_env
 from tests.hub_standin import serve_stand_in
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PHOTOFIELD_AI_")}
-    return subprocess.run(
-        [sys.executable, "-m", "photofield_ai", *args],
-        capture_output=True,
-        text=True,
-        env={**base, **(env or {})},
-        timeout=timeout,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, result.stderr
-    for needle in needles:
-        assert needle in errors[0]
 
 
 def test_version() -> None:

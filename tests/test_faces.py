@@ -16,7 +16,13 @@ from PIL import Image
 
 from photofield_ai.clip.wire import decode_embedding
 from photofield_ai.faces import alignment, detection
-from tests.conftest import ServerProcess, start_server, tiny_env
+from tests.conftest import (
+    ServerProcess,
+    assert_one_line_error,
+    run_cli,
+    start_server,
+    tiny_env,
+)
 from tests.face_fakes import (
     EXPECTED,
     FACES,
@@ -26,7 +32,6 @@ from tests.face_fakes import (
     write_recognizer,
 )
 from tests.images import encode, jpeg, with_orientation
-from tests.test_cli import assert_one_line_error, run_cli
 
 FLAT = (200, 50, 10)  # a photo of one flat color: every aligned face crop has these means
 

@@ -16,16 +16,16 @@ import httpx
 import numpy as np
 import pytest
 
-from photofield_ai.app import LoadedModels, create_app
+from photofield_ai.app import create_app
 from photofield_ai.clip.wire import decode_embedding
 from photofield_ai.config import Settings
-from photofield_ai.runtime import ModelSession
+from photofield_ai.runtime import OnnxSession
+from photofield_ai.serving.loading import LoadedModels
 from photofield_ai.testing.server import serve_in_thread
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import CPU, ServerProcess, clip_model, start_server
 from tests.corpus import LIMITS, Case, cases
 from tests.images import jpeg
 
-CPU = ["CPUExecutionProvider"]
 CASES = cases()
 
 
@@ -102,18 +102,25 @@ def test_bad_images_never_fail_other_clients_in_the_same_batch(
 
 
 # -- in-process servers, for faults a real model will not produce on demand ---------------------
-class FlakySession(ModelSession):
+class FlakySession(OnnxSession):
     """The real session, plus an injected failure or delay on demand."""
 
     fail_next = False
     delay_s = 0.0
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, output_names: list[str] | None = None) -> list[np.ndarray]:
         time.sleep(self.delay_s)
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("injected failure")
-        return super().run(batch)
+        return super().run(batch, output_names)
+
+
+def flaky_models(models: tuple[Path, Path]) -> tuple[LoadedModels, FlakySession]:
+    """The tiny CLIP models, the visual one on a FlakySession."""
+    visual = clip_model(models[0], "visual", session_type=FlakySession)
+    assert isinstance(visual.session, FlakySession)
+    return LoadedModels(CPU, visual, clip_model(models[1], "textual")), visual.session
 
 
 def metric(url: str, name: str, **labels: str) -> float:
@@ -130,9 +137,8 @@ def parse_metric(text: str, name: str, **labels: str) -> float:
 def test_failing_session_call_fails_only_its_batch(
     tiny_float32: tuple[Path, Path], heavy_industry: bytes
 ) -> None:
-    visual = FlakySession(tiny_float32[0], CPU)
-    textual = ModelSession(tiny_float32[1], CPU)
-    app = create_app(Settings(), LoadedModels(visual, textual, CPU))
+    models, visual = flaky_models(tiny_float32)
+    app = create_app(Settings(), models)
     with serve_in_thread(app) as url:
         visual.fail_next = True
         r = httpx.post(url + "/image-embeddings", files={"image": ("a.jpg", heavy_industry)})
@@ -148,11 +154,11 @@ def test_failing_session_call_fails_only_its_batch(
 def test_client_that_leaves_while_queued_is_dropped(
     tiny_float32: tuple[Path, Path], heavy_industry: bytes
 ) -> None:
-    visual = FlakySession(tiny_float32[0], CPU)
+    models, visual = flaky_models(tiny_float32)
     visual.delay_s = 0.6
     # One batch in flight, so that the second request has to queue behind the first.
     settings = Settings(max_concurrent_batches=1)
-    app = create_app(settings, LoadedModels(visual, ModelSession(tiny_float32[1], CPU), CPU))
+    app = create_app(settings, models)
     with serve_in_thread(app) as url:
         busy: list[int] = []
         first = threading.Thread(
@@ -254,10 +260,10 @@ def test_flood_gets_embeddings_or_503_with_bounded_memory(tiny_float32: tuple[Pa
     """Far more concurrent requests than the queue holds, against a model slowed to 50 ms per
     batch: every request gets its embedding or an immediate 503, and memory stays bounded.
     (In-process so the model can be slowed; RSS is this process's, server and client both.)"""
-    visual = FlakySession(tiny_float32[0], CPU)
+    models, visual = flaky_models(tiny_float32)
     visual.delay_s = 0.05
     settings = Settings(max_queue=8, max_batch_size=4)
-    app = create_app(settings, LoadedModels(visual, ModelSession(tiny_float32[1], CPU), CPU))
+    app = create_app(settings, models)
     images = [jpeg(640, 480, seed=i) for i in range(4)]
     with serve_in_thread(app) as url:
         expected = [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from photofield_ai.models import ModelResolutionError, resolve_model
+from photofield_ai.fetch import ModelResolutionError, resolve_model
 from tests.conftest import free_port
 from tests.hub_standin import StandIn, serve_stand_in
 
@@ -82,7 +82,7 @@ def _resolve_in_subprocess(value: str, env: dict[str, str]) -> subprocess.Comple
     """huggingface_hub reads HF_* settings when imported, so each case gets a fresh process."""
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from photofield_ai.models import ModelResolutionError, resolve_model
+        from photofield_ai.fetch import ModelResolutionError, resolve_model
         try:
             print(resolve_model({value!r}, Path("unused")).read_bytes().decode())
         except ModelResolutionError as exc:

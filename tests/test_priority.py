@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from photofield_ai.config import Settings, SettingsError
-from photofield_ai.runtime.priority import (
+from photofield_ai.runtime.threads import (
     call_in_lowered_thread,
     lowered_executor,
     thread_nice_values,

@@ -15,7 +15,8 @@ import pytest
 from photofield_ai.clip.preprocess import preprocess_image
 from photofield_ai.clip.tokenizer import ClipTokenizer
 from photofield_ai.clip.wire import decode_embedding, encode_embedding
-from photofield_ai.runtime import ModelSession, available_providers
+from photofield_ai.runtime import available_providers
+from photofield_ai.serving.loading import load_embedding_model
 
 DATA = Path(__file__).parent / "data"
 REAL = os.environ.get("PHOTOFIELD_AI_TEST_REAL_MODELS")
@@ -36,13 +37,11 @@ def golden() -> dict[str, dict[str, object]]:
 
 def test_heavy_industry_image(golden: dict[str, dict[str, object]]) -> None:
     assert REAL
-    session = ModelSession(
-        Path(REAL) / "clip-vit-base-patch32-visual-float16.onnx",
-        available_providers(),
-        expected_kind="visual",
+    session = load_embedding_model(
+        Path(REAL) / "clip-vit-base-patch32-visual-float16.onnx", available_providers(), "visual"
     )
     data = (DATA / "heavy-industry.jpg").read_bytes()
-    output = session.run(preprocess_image(data, session.input_size)[None])[0]
+    output = session.run(preprocess_image(data, session.encoder.spec.input_size)[None])[0]
     expected = decode_embedding(str(golden["image"]["embedding_f16_b64"]))
     similarity = cosine(output, expected)
     print(f"heavy-industry.jpg cosine to the README embedding: {similarity:.4f}")
@@ -57,10 +56,8 @@ def test_heavy_industry_image(golden: dict[str, dict[str, object]]) -> None:
 
 def test_hawk_text(golden: dict[str, dict[str, object]]) -> None:
     assert REAL
-    session = ModelSession(
-        Path(REAL) / "clip-vit-base-patch32-textual-float16.onnx",
-        available_providers(),
-        expected_kind="textual",
+    session = load_embedding_model(
+        Path(REAL) / "clip-vit-base-patch32-textual-float16.onnx", available_providers(), "textual"
     )
     tokens = ClipTokenizer.from_package().tokenize("hawk")
     output = session.run(tokens[None])[0]

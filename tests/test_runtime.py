@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from photofield_ai.runtime import ModelLoadError, ModelSession, ProviderError, select_providers
+from photofield_ai.runtime import ModelLoadError, OnnxSession, ProviderError, select_providers
 from photofield_ai.runtime.session import DISABLED_OPTIMIZERS
-from photofield_ai.testing.models import generate
-from tests.conftest import tiny_env
+from photofield_ai.testing.generate import generate
+from tests.conftest import clip_model, tiny_env
 
 CPU = ["CPUExecutionProvider"]
 
@@ -42,18 +42,18 @@ def test_unknown_provider_is_rejected_with_the_available_list() -> None:
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_generated_models_load_and_adapt_dtypes(models_dir: Path, dtype: str) -> None:
     visual_path, textual_path = generate("tiny", dtype, models_dir)
-    visual = ModelSession(visual_path, CPU, expected_kind="visual")
-    textual = ModelSession(textual_path, CPU, expected_kind="textual")
-    assert visual.signature.input_type == (
+    visual = clip_model(visual_path, "visual")
+    textual = clip_model(textual_path, "textual")
+    assert visual.encoder.spec.input_type == (
         "tensor(float)" if dtype == "float32" else "tensor(float16)"
     )
-    assert textual.signature.input_type == "tensor(int32)"
-    assert (visual.input_size, textual.input_size) == (224, 77)
+    assert textual.encoder.spec.input_type == "tensor(int32)"
+    assert (visual.encoder.spec.input_size, textual.encoder.spec.input_size) == (224, 77)
     images = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
     out = visual.run(images)  # float32 in, cast to float16 where the file wants it
     assert out.shape == (3, 512)
     assert out.dtype == (np.float32 if dtype == "float32" else np.float16)
-    tokens = textual.example_input(2)  # int64 in, cast to int32
+    tokens = textual.encoder.example_input(2)  # int64 in, cast to int32
     assert textual.run(tokens).shape == (2, 512)
     # Batch rows are independent: row 1 alone equals row 1 in the batch.
     np.testing.assert_allclose(
@@ -64,8 +64,8 @@ def test_generated_models_load_and_adapt_dtypes(models_dir: Path, dtype: str) ->
 
 
 def test_float16_and_float32_variants_agree(models_dir: Path) -> None:
-    f32 = ModelSession(generate("tiny", "float32", models_dir)[0], CPU)
-    f16 = ModelSession(generate("tiny", "float16", models_dir)[0], CPU)
+    f32 = clip_model(generate("tiny", "float32", models_dir)[0], "visual")
+    f16 = clip_model(generate("tiny", "float16", models_dir)[0], "visual")
     x = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32)
     a, b = f32.run(x), f16.run(x).astype(np.float32)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -73,15 +73,15 @@ def test_float16_and_float32_variants_agree(models_dir: Path) -> None:
 
 
 def test_quint8_variant_loads(models_dir: Path) -> None:
-    visual = ModelSession(generate("tiny", "quint8", models_dir)[0], CPU, expected_kind="visual")
-    assert visual.run(visual.example_input(2)).shape == (2, 512)
+    visual = clip_model(generate("tiny", "quint8", models_dir)[0], "visual")
+    assert visual.run(visual.encoder.example_input(2)).shape == (2, 512)
 
 
 @pytest.mark.parametrize("size", [224, 288, 336, 384, 448])
 def test_visual_input_size_is_read_from_the_model(models_dir: Path, size: int) -> None:
-    visual = ModelSession(generate("tiny", "float32", models_dir, image_size=size)[0], CPU)
-    assert visual.input_size == size
-    assert visual.run(visual.example_input(1)).shape == (1, 512)
+    visual = clip_model(generate("tiny", "float32", models_dir, image_size=size)[0], "visual")
+    assert visual.encoder.spec.input_size == size
+    assert visual.run(visual.encoder.example_input(1)).shape == (1, 512)
 
 
 def test_int64_token_input_is_supported(models_dir: Path, tmp_path: Path) -> None:
@@ -89,9 +89,9 @@ def test_int64_token_input_is_supported(models_dir: Path, tmp_path: Path) -> Non
     model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT64
     path = tmp_path / "textual-int64.onnx"
     onnx.save(model, path)
-    textual = ModelSession(path, CPU)
-    assert textual.signature.input_type == "tensor(int64)"
-    assert textual.run(textual.example_input(2)).shape == (2, 512)
+    textual = clip_model(path, "textual")
+    assert textual.encoder.spec.input_type == "tensor(int64)"
+    assert textual.run(textual.encoder.example_input(2)).shape == (2, 512)
 
 
 def test_wrong_kind_and_bad_files_are_clear_errors(
@@ -99,13 +99,15 @@ def test_wrong_kind_and_bad_files_are_clear_errors(
 ) -> None:
     visual, textual = tiny_float32
     with pytest.raises(ModelLoadError, match="is a textual model"):
-        ModelSession(textual, CPU, expected_kind="visual")
+        clip_model(textual, "visual")
+    with pytest.raises(ModelLoadError, match="is a visual model"):
+        clip_model(visual, "textual")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(visual.read_bytes()[:5000])
     with pytest.raises(ModelLoadError, match="cannot load model"):
-        ModelSession(corrupt, CPU)
+        OnnxSession(corrupt, CPU)
     with pytest.raises(ModelLoadError, match="not found"):
-        ModelSession(tmp_path / "missing.onnx", CPU)
+        OnnxSession(tmp_path / "missing.onnx", CPU)
     # An ONNX file that is not CLIP-shaped: one input of shape [B, 10].
     g = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
@@ -117,7 +119,9 @@ def test_wrong_kind_and_bad_files_are_clear_errors(
     m.ir_version = 8
     onnx.save(m, tmp_path / "other.onnx")
     with pytest.raises(ModelLoadError, match="textual input must be"):
-        ModelSession(tmp_path / "other.onnx", CPU)
+        clip_model(tmp_path / "other.onnx", "textual")
+    with pytest.raises(ModelLoadError, match="visual input must be"):
+        clip_model(tmp_path / "other.onnx", "visual")
 
 
 def _float16_transpose_matmul(path: Path) -> None:
@@ -177,9 +181,9 @@ def test_float16_crash_guard(tmp_path: Path) -> None:
     )
 
 
-def test_model_session_survives_the_crashing_float16_pattern(tmp_path: Path) -> None:
+def test_loaded_model_survives_the_crashing_float16_pattern(tmp_path: Path) -> None:
     """The same crashing pattern inside a CLIP-shaped textual model, loaded through
-    ModelSession in a subprocess (a crash there would kill pytest itself)."""
+    the server's loader in a subprocess (a crash there would kill pytest itself)."""
     path = tmp_path / "fp16-textual.onnx"
     from onnxconverter_common import float16
 
@@ -206,9 +210,9 @@ def test_model_session_survives_the_crashing_float16_pattern(tmp_path: Path) -> 
     onnx.save(float16.convert_float_to_float16(m, keep_io_types=False), path)
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from photofield_ai.runtime import ModelSession
-        s = ModelSession(Path({str(path)!r}), ["CPUExecutionProvider"], expected_kind="textual")
-        print(s.run(s.example_input(3)).shape)
+        from photofield_ai.serving.loading import load_embedding_model
+        s = load_embedding_model(Path({str(path)!r}), ["CPUExecutionProvider"], "textual")
+        print(s.run(s.encoder.example_input(3)).shape)
     """)
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
@@ -226,8 +230,8 @@ def test_intra_op_threads_reach_the_sessions(
     """On a CPU by default the visual session is single-threaded (one batch per core) and the
     textual one gets ONNX Runtime's default (0: one thread per physical core); the setting sets
     both."""
-    from photofield_ai.app import load_models
     from photofield_ai.config import Settings
+    from photofield_ai.serving.loading import load_models
 
     env = tiny_env(
         tiny_float32,
@@ -236,6 +240,8 @@ def test_intra_op_threads_reach_the_sessions(
     )
     models = load_models(Settings.from_env(env))
     assert models.visual is not None and models.textual is not None
-    options = models.visual.session.get_session_options()
+    options = models.visual.session.session.get_session_options()
     assert options.intra_op_num_threads == visual_threads
-    assert models.textual.session.get_session_options().intra_op_num_threads == textual_threads
+    assert (
+        models.textual.session.session.get_session_options().intra_op_num_threads == textual_threads
+    )

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from photofield_ai import __version__
 from photofield_ai.config import Settings, SettingsError
+from photofield_ai.fetch import ModelResolutionError
 from photofield_ai.memory import tune_malloc
-from photofield_ai.models import ModelResolutionError
 from photofield_ai.runtime import ModelLoadError, ProviderError
 
 log = logging.getLogger("photofield_ai")
@@ -51,7 +51,8 @@ def serve(settings: Settings) -> int:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
-    from photofield_ai.app import create_app, load_models
+    from photofield_ai.app import create_app
+    from photofield_ai.serving.loading import load_models
 
     try:
         _check_bindable(settings.host, settings.port)
@@ -59,7 +60,7 @@ def serve(settings: Settings) -> int:
         return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
     models = load_models(settings)
     app = create_app(settings, models)
-    state = app.state.server
+    engine, active = app.state.engine, app.state.active_requests
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     # Requests are drained before hypercorn is told to stop (see drain); this only bounds
@@ -79,20 +80,18 @@ def serve(settings: Settings) -> int:
             """Readiness is false and new requests get 503 from here on; requests accepted
             before the signal finish (up to the grace period), then the server stops."""
             deadline = loop.time() + settings.shutdown_grace_s
-            while state.active_requests > 0 and loop.time() < deadline:
+            while active.count > 0 and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            if state.active_requests:
-                log.warning(
-                    "Grace period over with %d request(s) unfinished", state.active_requests
-                )
+            if active.count:
+                log.warning("Grace period over with %d request(s) unfinished", active.count)
             stop.set()
 
         def on_signal(signum: int) -> None:
-            if state.draining:  # a second signal: stop now
+            if engine.draining:  # a second signal: stop now
                 stop.set()
                 return
             log.info("Received %s: draining (readiness is now false)", signal.Signals(signum).name)
-            state.draining = True
+            engine.draining = True
             task = loop.create_task(drain())
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -111,7 +110,7 @@ def serve(settings: Settings) -> int:
 
 
 def download(settings: Settings) -> int:
-    from photofield_ai.app import resolve_face_models, resolve_models
+    from photofield_ai.serving.loading import resolve_face_models, resolve_models
 
     _, visual, textual = resolve_models(settings)
     paths = [visual, textual]
@@ -128,22 +127,35 @@ def download(settings: Settings) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    from photofield_ai import reference
+
     parser = argparse.ArgumentParser(
         prog="photofield-ai",
         description="CLIP image and text embeddings for Photofield, batched across requests. "
-        "Configured with PHOTOFIELD_AI_* environment variables (see README).",
+        "Configured with PHOTOFIELD_AI_* environment variables: see `photofield-ai serve "
+        "--help` and `photofield-ai download --help`.",
     )
     parser.add_argument("--version", action="version", version=f"photofield-ai {__version__}")
-    parser.add_argument(
-        "command",
-        nargs="?",
-        default="serve",
-        choices=["serve", "download"],
-        help="serve (default): run the server; download: fetch the configured "
-        "models into the models directory and exit",
-    )
-    args = parser.parse_args(argv)
+    parser.set_defaults(command="serve")
+    commands = parser.add_subparsers(title="commands", metavar="{serve,download}")
+    for name, summary in (
+        ("serve", "run the server (the default)"),
+        ("download", "fetch the configured models into the models directory and exit"),
+    ):
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=reference.plain_text(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(command=name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     tune_malloc()  # before any thread starts, so every arena follows it
     try:
         settings = Settings.from_env()

@@ -1,5 +1,10 @@
 """One typed settings object, read from PHOTOFIELD_AI_* environment variables once at start.
 
+Each field carries its meaning (`help`): the CLI's help, the README's settings table and the
+error messages are generated from this one definition. A field whose default depends on the
+device or the model family is None here ("device default") and gets its value from
+`serving.layout` or the family — the one place each such default lives.
+
 The first seven names, defaults and meanings are the original service's contract: Photofield
 users' deployments set them, so they must keep working unchanged.
 """
@@ -7,17 +12,15 @@ users' deployments set them, so they must keep working unchanged.
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 PREFIX = "PHOTOFIELD_AI_"
-CLIP_VARIANTS_URL = "https://huggingface.co/mlunar/clip-variants/resolve/main/models"
-# The original README's default URL reads `.../main/modelclip-vit-...`: a typo for
-# `.../main/models/clip-vit-...`.
-DEFAULT_VISUAL_MODEL = CLIP_VARIANTS_URL + "/clip-vit-base-patch32-visual-{dtype}.onnx"
-DEFAULT_TEXTUAL_MODEL = CLIP_VARIANTS_URL + "/clip-vit-base-patch32-textual-{dtype}.onnx"
 RUNTIMES = ("all", "cpu")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # Face models (Photofield >= 0.24): RetinaFace MobileNet-v2 and EdgeFace-XXS, as the later
 # original used through uniface. Non-commercial licences: downloaded at run time, never shipped.
 DEFAULT_FACE_DETECTOR_MODEL = (
@@ -27,58 +30,131 @@ DEFAULT_FACE_DETECTOR_MODEL = (
 DEFAULT_FACE_RECOGNIZER_MODEL = (
     "https://github.com/yakhyo/edgeface-onnx/releases/download/weights/edgeface_xxs.onnx"
 )
+# Which subcommands read a setting (the CLI lists them in each command's help).
+SERVE, DOWNLOAD = "serve", "download"
 
 
 class SettingsError(ValueError):
     """An environment variable has a value we cannot use; the message names it."""
 
 
+def setting(
+    default: Any = None,
+    help: str = "",
+    *,
+    default_words: str | None = None,
+    commands: tuple[str, ...] = (SERVE,),
+    factory: Any = None,
+) -> Any:
+    """A settings field with its documentation. `default_words` says what the default is where
+    it is not a plain value and not a device default (which `serving.layout` describes)."""
+    metadata = {"help": help, "default_words": default_words, "commands": commands}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+BOTH = (SERVE, DOWNLOAD)
+
+
 @dataclass(frozen=True)
 class Settings:
-    host: str = "0.0.0.0"
-    port: int = 8081
-    models_dir: Path = Path("models")
-    # None: the default ViT-B/32 file in the dtype that is fastest on the device in use.
-    visual_model: str | None = None
-    textual_model: str | None = None
-    # None: not set; PROVIDERS applies if given, else behaves as "all" (the original's rule).
-    runtime: str | None = None
-    providers: tuple[str, ...] | None = None
+    host: str = setting("0.0.0.0", "listen address")
+    port: int = setting(8081, "listen port")
+    models_dir: Path = setting(Path("models"), "where model URLs are downloaded to", commands=BOTH)
+    # None: the model family's default for the device in use.
+    visual_model: str | None = setting(
+        help="http(s) URL (downloaded once, atomically, with a progress bar), "
+        "`hf://owner/repo/path/file.onnx` (huggingface-hub and its cache; `HF_HUB_OFFLINE` "
+        "respected), a local path, or `none` to disable the model (its endpoint answers 503); "
+        "append `#sha256=<hex>` to have the file checked",
+        commands=BOTH,
+    )
+    textual_model: str | None = setting(help="same, for the text model", commands=BOTH)
+    model_family: str = setting(
+        "clip",
+        "how items become model input and outputs embeddings: `clip` (the clip-variants files), "
+        "or `toy` (the generated test family that proves the seam)",
+        commands=BOTH,
+    )
+    runtime: str | None = setting(
+        help="`all`: every available ONNX Runtime provider (GPU first); `cpu`: CPU only",
+        default_words="`all`, unless `PROVIDERS` is set",
+        commands=BOTH,
+    )
+    providers: tuple[str, ...] | None = setting(
+        help="when `RUNTIME` is unset: explicit comma list, e.g. "
+        "`CUDAExecutionProvider,CPUExecutionProvider`; unknown names are an error that lists the "
+        "available ones",
+        default_words="unset",
+        commands=BOTH,
+    )
 
-    # Dynamic batching (Triton vocabulary). None: a default chosen for the device (CPU or GPU).
-    max_batch_size: int | None = None
-    batch_timeout_ms: float | None = None
-    max_concurrent_batches: int | None = None
-    intra_op_threads: int | None = None
-    max_queue: int = 1024
-    queue_timeout_ms: float | None = None
+    # Dynamic batching (Triton's words). None: the default for the device (serving.layout).
+    max_batch_size: int | None = setting(help="N: most items in one session call")
+    batch_timeout_ms: float | None = setting(
+        help="T: how long a batch may wait to fill, only while other batches of the model are "
+        "running (an idle model never waits)"
+    )
+    max_concurrent_batches: int | None = setting(help="K: session calls in flight per model")
+    intra_op_threads: int | None = setting(
+        help="threads one CLIP session call may use (sets both models; see Tuning)"
+    )
+    max_queue: int = setting(
+        1024, "items waiting per model; beyond it requests get 503 + `Retry-After` at once"
+    )
+    queue_timeout_ms: float | None = setting(
+        help="items that waited longer are answered 503 without running",
+        default_words="unset: none",
+    )
 
     # Request limits.
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_images_per_request: int = 64
-    max_texts_per_request: int = 256
-    max_image_pixels: int = 100_000_000
+    max_body_bytes: int = setting(64 * 1024 * 1024, "larger bodies get 413 while streaming")
+    max_images_per_request: int = setting(64, "file parts per request")
+    max_texts_per_request: int = setting(256, "texts per request (413 beyond)")
+    max_image_pixels: int = setting(
+        100_000_000, "images declaring more pixels are refused (413) before decoding"
+    )
 
-    # Faces. None: enabled, but a failure to load the face models only disables /faces (503);
-    # set explicitly to 1 to make that failure fatal, to 0 to not load them at all.
-    faces_enabled: bool | None = None
-    face_detector_model: str = DEFAULT_FACE_DETECTOR_MODEL
-    face_recognizer_model: str = DEFAULT_FACE_RECOGNIZER_MODEL
-    face_score_threshold: float = 0.5
-    face_max_faces: int = 100
+    # Faces. None: enabled, but a failure to load the face models only disables /faces (503).
+    faces_enabled: bool | None = setting(
+        help="`1`: load the face models, failing start-up if they cannot be loaded; unset: try, "
+        "and if that fails answer 503 on `/faces` (logged); `0`: no faces",
+        default_words="unset",
+        commands=BOTH,
+    )
+    face_detector_model: str = setting(
+        DEFAULT_FACE_DETECTOR_MODEL,
+        "RetinaFace detector; a location like the CLIP models'",
+        commands=BOTH,
+    )
+    face_recognizer_model: str = setting(
+        DEFAULT_FACE_RECOGNIZER_MODEL, "face recognizer; as above", commands=BOTH
+    )
+    face_score_threshold: float = setting(0.5, "minimum detector confidence")
+    face_max_faces: int = setting(100, "most faces returned per photo")
 
-    # Nice increment of the threads running image and face inference (indexing); 0: none.
-    indexing_nice: int = 10
-    decode_threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
-    shutdown_grace_s: float = 30.0
-    log_level: str = "info"
+    indexing_nice: int = setting(
+        10,
+        "nice increment (0–19) of the threads that decode images and run the image and face "
+        "models, so that searches win the cores; 0: same priority as search",
+    )
+    decode_threads: int = setting(
+        help="images decoded at once",
+        factory=lambda: max(2, os.cpu_count() or 2),
+        default_words="CPU count (≥ 2)",
+    )
+    shutdown_grace_s: float = setting(
+        30.0, "on SIGTERM, how long queued and running requests may take to finish"
+    )
+    log_level: str = setting("info", "one of " + ", ".join(LOG_LEVELS), commands=BOTH)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
-            raw = env.get(PREFIX + f.name.upper())
+            raw = env.get(env_name(f.name))
             if raw is None or raw.strip() == "":
                 continue
             values[f.name] = _parse(f.name, raw.strip())
@@ -110,58 +186,63 @@ class Settings:
                 f"{PREFIX}FACE_SCORE_THRESHOLD must be between 0 and 1, not "
                 f"{self.face_score_threshold}"
             )
-        if self.log_level not in ("critical", "error", "warning", "info", "debug"):
+        if self.log_level not in LOG_LEVELS:
             raise SettingsError(
-                f"{PREFIX}LOG_LEVEL must be a logging level, not {self.log_level!r}"
+                f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
             )
 
 
-_INTS = {
-    "port",
-    "max_batch_size",
-    "max_concurrent_batches",
-    "intra_op_threads",
-    "max_queue",
-    "max_body_bytes",
-    "max_images_per_request",
-    "max_texts_per_request",
-    "max_image_pixels",
-    "decode_threads",
-    "face_max_faces",
-    "indexing_nice",
-}
-_FLOATS = {"batch_timeout_ms", "queue_timeout_ms", "shutdown_grace_s", "face_score_threshold"}
-_BOOLS = {"faces_enabled"}
+def env_name(name: str) -> str:
+    return PREFIX + name.upper()
+
+
+def settings_fields() -> tuple[Field[Any], ...]:
+    return fields(Settings)
+
+
+def _fields_of_type(kind: type) -> frozenset[str]:
+    """Names of the settings whose type is `kind` or `kind | None`: how each value is parsed."""
+    hints = typing.get_type_hints(Settings)
+    return frozenset(
+        name
+        for name, hint in hints.items()
+        if hint is kind or (kind in typing.get_args(hint) and type(None) in typing.get_args(hint))
+    )
+
+
+_INTS = _fields_of_type(int)
+_FLOATS = _fields_of_type(float)
+_BOOLS = _fields_of_type(bool)
 
 
 def _parse(name: str, raw: str) -> object:
-    env_name = PREFIX + name.upper()
+    env = env_name(name)
     if name in _INTS:
         try:
             return int(raw)
         except ValueError:
-            raise SettingsError(f"{env_name} must be a whole number, not {raw!r}") from None
+            raise SettingsError(f"{env} must be a whole number, not {raw!r}") from None
     if name in _FLOATS:
         try:
             value = float(raw)
         except ValueError:
-            raise SettingsError(f"{env_name} must be a number, not {raw!r}") from None
+            raise SettingsError(f"{env} must be a number, not {raw!r}") from None
         if value != value or value in (float("inf"), float("-inf")):
-            raise SettingsError(f"{env_name} must be a finite number, not {raw!r}")
+            raise SettingsError(f"{env} must be a finite number, not {raw!r}")
         return value
     if name in _BOOLS:
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
         if raw.lower() in ("0", "false", "no", "off"):
             return False
-        raise SettingsError(f"{env_name} must be 1 or 0, not {raw!r}")
+        raise SettingsError(f"{env} must be 1 or 0, not {raw!r}")
     if name == "models_dir":
         return Path(raw)
     if name == "providers":
         providers = tuple(p.strip() for p in raw.split(",") if p.strip())
         if not providers:
-            raise SettingsError(f"{env_name} must list at least one provider")
+            raise SettingsError(f"{env} must list at least one provider")
         return providers
-    if name in ("runtime", "log_level"):
+    if name in ("runtime", "log_level", "model_family"):
         return raw.lower()
     return raw

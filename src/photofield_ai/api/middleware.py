@@ -6,12 +6,13 @@ import asyncio
 import json
 import re
 import time
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from photofield_ai.api.errors import BodyTooLargeError
-from photofield_ai.api.state import ServerState
 from photofield_ai.metrics import Metrics
+from photofield_ai.serving.engine import Engine
 
 # Set on requests that arrive after SIGTERM: they are refused (503) while earlier ones finish.
 ARRIVED_WHILE_DRAINING = "photofield_ai.arrived_while_draining"
@@ -159,22 +160,30 @@ class RecordHttpMetrics:
             )
 
 
-class TrackActiveRequests:
-    """Counts requests in progress, so that shutdown can wait for them (see cli.serve)."""
+@dataclass
+class ActiveRequests:
+    """Requests in progress: what shutdown waits for (see cli.serve)."""
 
-    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+    count: int = 0
+
+
+class TrackActiveRequests:
+    """Counts requests in progress and marks those that arrive while the engine drains."""
+
+    def __init__(self, app: ASGIApp, engine: Engine, active: ActiveRequests) -> None:
         self.app = app
-        self.state = state
+        self.engine = engine
+        self.active = active
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope[ARRIVED_WHILE_DRAINING] = self.state.draining
-        self.state.active_requests += 1
-        self.state.metrics.http_in_flight.inc()
+        scope[ARRIVED_WHILE_DRAINING] = self.engine.draining
+        self.active.count += 1
+        self.engine.metrics.http_in_flight.inc()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.state.active_requests -= 1
-            self.state.metrics.http_in_flight.dec()
+            self.active.count -= 1
+            self.engine.metrics.http_in_flight.dec()

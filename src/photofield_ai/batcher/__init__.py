@@ -8,7 +8,7 @@ from photofield_ai.batcher.batcher import (
     QueueFullError,
     QueueTimeoutError,
 )
-from photofield_ai.batcher.priority import PriorityGate
+from photofield_ai.batcher.gate import PriorityGate
 
 __all__ = [
     "BatchFailedError",

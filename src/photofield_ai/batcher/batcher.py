@@ -23,7 +23,7 @@ import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
-from photofield_ai.batcher.priority import PriorityGate
+from photofield_ai.batcher.gate import PriorityGate
 from photofield_ai.metrics import BatcherMetrics
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,14 @@ class BatcherClosedError(Exception):
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    max_batch_size: int = 32  # N
-    batch_timeout_s: float = 0.002  # T
-    max_concurrent_batches: int = 1  # K
-    max_queue: int = 1024
-    queue_timeout_s: float | None = None
+    """How one model's queue is served (Triton's words). No defaults here: they depend on the
+    device and the model, and live in one place, `serving.layout`."""
+
+    max_batch_size: int  # N
+    batch_timeout_s: float  # T
+    max_concurrent_batches: int  # K
+    max_queue: int
+    queue_timeout_s: float | None
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_concurrent_batches < 1 or self.max_queue < 1:

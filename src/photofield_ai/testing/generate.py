@@ -9,7 +9,7 @@ real model costs; `tiny` builds in well under a second for tests.
 float16 files are made the way the public ones were: the float32 graph passed through
 onnxconverter-common's float16 conversion. quint8 files: onnxruntime's dynamic quantization.
 
-    python -m photofield_ai.testing.models --preset tiny --dtype float32 --out models/
+    python -m photofield_ai.testing.generate --preset tiny --dtype float32 --out models/
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ class _GraphBuilder:
         model = h.make_model(
             graph,
             opset_imports=[h.make_opsetid("", OPSET)],
-            producer_name="photofield_ai.testing.models",
+            producer_name="photofield_ai.testing.generate",
         )
         model.ir_version = IR_VERSION
         return model
@@ -320,7 +320,7 @@ def generate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m photofield_ai.testing.models",
+        prog="python -m photofield_ai.testing.generate",
         description="Write CLIP-shaped ONNX models with deterministic random weights.",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")

@@ -15,7 +15,7 @@ import contextlib
 
 
 class PriorityGate:
-    def __init__(self, max_wait_s: float = 1.0) -> None:
+    def __init__(self, max_wait_s: float) -> None:
         self.max_wait_s = max_wait_s
         self._holders = 0
         self._clear = asyncio.Event()

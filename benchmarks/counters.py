@@ -1,0 +1,134 @@
+"""The server's own account of a run: per-model counters from its /metrics and its CPU time
+(all threads, and the event-loop thread alone), read before and after a measurement."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.common import fmt_ms
+from benchmarks.load import LoadResult
+from photofield_ai.testing.server import ServerProcess
+
+
+@dataclass(frozen=True)
+class ServerCounters:
+    """A server's own account of one model so far, from its /metrics, plus its CPU time."""
+
+    at: float
+    inference_s: float
+    items: float
+    batches: float
+    cpu_s: float | None
+    loop_cpu_s: float | None
+
+    @classmethod
+    def read(cls, server: ServerProcess, model: str) -> ServerCounters:
+        at = time.perf_counter()
+        with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.labels.get("model") == model:
+                    values[sample.name] = sample.value
+        return cls(
+            at,
+            values.get("photofield_ai_inference_seconds_sum", 0.0),
+            values.get("photofield_ai_batch_size_sum", 0.0),
+            values.get("photofield_ai_batch_size_count", 0.0),
+            process_cpu_s(server.process.pid),
+            # the main thread runs the event loop (hypercorn + the handlers)
+            process_cpu_s(server.process.pid, server.process.pid),
+        )
+
+    def since(self, before: ServerCounters) -> Activity:
+        return Activity(
+            inference_s=self.inference_s - before.inference_s,
+            items=self.items - before.items,
+            batches=self.batches - before.batches,
+            cpu_s=_combine(self.cpu_s, before.cpu_s, -1),
+            wall_s=self.at - before.at,
+            loop_cpu_s=_combine(self.loop_cpu_s, before.loop_cpu_s, -1),
+        )
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the server did for one model between two readings."""
+
+    inference_s: float  # seconds inside session calls (summed over concurrent calls)
+    items: float
+    batches: float
+    cpu_s: float | None  # server process CPU seconds (user + system)
+    wall_s: float
+    loop_cpu_s: float | None = None  # of those, the event-loop thread's
+
+    @property
+    def busy(self) -> float:
+        """Share of the wall time with a session call running (can exceed 1 when K > 1)."""
+        return self.inference_s / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.items / self.batches if self.batches else 0.0
+
+    @property
+    def mean_call_s(self) -> float:
+        return self.inference_s / self.batches if self.batches else 0.0
+
+    def combine(self, other: Activity) -> Activity:
+        return Activity(
+            self.inference_s + other.inference_s,
+            self.items + other.items,
+            self.batches + other.batches,
+            _combine(self.cpu_s, other.cpu_s, 1),
+            self.wall_s + other.wall_s,
+            _combine(self.loop_cpu_s, other.loop_cpu_s, 1),
+        )
+
+
+def _combine(a: float | None, b: float | None, sign: int) -> float | None:
+    """a + sign·b for CPU times that some platforms cannot read (None)."""
+    return None if a is None or b is None else a + sign * b
+
+
+def process_cpu_s(pid: int, thread: int | None = None) -> float | None:
+    """User + system CPU seconds of a process, or of one of its threads (Linux /proc; None
+    elsewhere)."""
+    path = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    server: ServerProcess, model: str, run: Callable[[], LoadResult]
+) -> tuple[LoadResult, Activity]:
+    before = ServerCounters.read(server, model)
+    result = run()
+    return result, ServerCounters.read(server, model).since(before)
+
+
+def result_row(label: str, batching: str, r: LoadResult, a: Activity) -> list[str]:
+    errors = ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "0"
+    return [
+        label,
+        str(r.concurrency),
+        batching,
+        f"{r.requests_per_s:.1f}",
+        fmt_ms(r.percentile(50)),
+        fmt_ms(r.percentile(90)),
+        fmt_ms(r.percentile(99)),
+        f"{a.mean_batch:.1f}",
+        f"{100 * a.busy:.0f} %",
+        errors,
+    ]

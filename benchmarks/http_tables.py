@@ -1,0 +1,227 @@
+"""Sections 2 and 3 over HTTP: Photofield's pattern (one item per request) with batching on and
+off, a lone request against a bare batch-1 call, and search latency while a library indexes."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from benchmarks.common import (
+    Config,
+    bare_model,
+    fmt_ms,
+    searches,
+    start,
+    table,
+    thumbnails,
+)
+from benchmarks.counters import Activity, ServerCounters, measure, result_row
+from benchmarks.load import LoadResult, Workload, run_load, run_mixed
+from photofield_ai.config import Settings
+from photofield_ai.serving.layout import ThreadLayout, thread_layout
+from photofield_ai.testing.generate import generate
+from tests.images import jpeg
+
+# Batching on and off are measured in alternating rounds, each with its own warm-up.
+HTTP_ROUNDS = 2
+
+
+def http_tables(
+    cfg: Config, dtype: str, image_conc: list[int], text_conc: list[int], photo_conc: list[int]
+) -> tuple[list[str], dict[tuple[str, str, int], LoadResult]]:
+    thumbs = thumbnails()
+    photos = Workload("image", tuple(jpeg(4000, 3000, quality=90, seed=i) for i in range(3)))
+    texts = searches()
+    results: dict[tuple[str, str, int], LoadResult] = {}
+    activity: dict[tuple[str, str, int], Activity] = {}
+    modes = [("on", {}), ("off (N=1)", {"PHOTOFIELD_AI_MAX_BATCH_SIZE": "1"})]
+    # Both servers run side by side (an idle one costs nothing) and each measurement is taken
+    # on one, then at once on the other: drift of a shared machine hits both alike.
+    servers = {mode: start(cfg, dtype, **env) for mode, env in modes}
+    try:
+        for label, workload, concs in (
+            ("256-px JPEG", thumbs, image_conc),
+            ("12-MP JPEG", photos, photo_conc),
+            ("text", texts, text_conc),
+        ):
+            model = "textual" if workload.kind == "text" else "visual"
+            for c in concs:
+                for _ in range(HTTP_ROUNDS):
+                    for mode, _env in modes:
+                        r, a = measure(
+                            servers[mode],
+                            model,
+                            functools.partial(
+                                run_load,
+                                servers[mode].url,
+                                workload,
+                                c,
+                                cfg.warmup_s,
+                                cfg.measure_s / HTTP_ROUNDS,
+                                cfg.client_processes,
+                            ),
+                        )
+                        key = (label, mode, c)
+                        if key in results:
+                            results[key].add_window(r)
+                            activity[key] = activity[key].combine(a)
+                        else:
+                            results[key], activity[key] = r, a
+                for mode, _env in modes:
+                    r = results[(label, mode, c)]
+                    print(
+                        f"http {label} c={c} batching {mode}: {r.requests_per_s:.1f} req/s "
+                        f"p50 {fmt_ms(r.percentile(50))} ms p99 {fmt_ms(r.percentile(99))} ms "
+                        f"errors {r.errors}",
+                        flush=True,
+                    )
+    finally:
+        for server in servers.values():
+            server.stop()
+    lines = [
+        "## 2. End-to-end over HTTP (Photofield's pattern: one item per request)",
+        "",
+        f"Closed loop: C concurrent clients, each sending its next request when the last "
+        f"returns; {cfg.measure_s:.0f} s measured after {cfg.warmup_s:.0f} s warm-up. "
+        "Latencies in ms. Batching on = the shipped defaults for this device; off = "
+        "`PHOTOFIELD_AI_MAX_BATCH_SIZE=1`, one session call per request like the original "
+        "service. Same machine, same run, on and off measured back to back. *Mean batch* and "
+        "*model busy* (share of the wall time with a session call running) come from the "
+        "server's own /metrics over the run, warm-up included: a busy model with small "
+        "batches means the model is the limit, an idle one that the server or the client is.",
+        "",
+    ]
+    rows = [
+        result_row(label, mode, r, activity[(label, mode, c)])
+        for (label, mode, c), r in sorted(
+            results.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])
+        )
+    ]
+    lines += table(
+        [
+            "request",
+            "C",
+            "batching",
+            "req/s",
+            "p50",
+            "p90",
+            "p99",
+            "mean batch",
+            "model busy",
+            "errors",
+        ],
+        rows,
+    )
+    return lines, results
+
+
+@dataclass(frozen=True)
+class LoneRequest:
+    bare_p50_s: float  # one batch-1 call, the server's layout of the visual model
+    default_p50_s: float  # one batch-1 call, ONNX Runtime's default threads
+    layout: ThreadLayout
+    http: LoadResult
+    activity: Activity
+
+
+def lone_request_latency(cfg: Config, dtype: str, rounds: int = 3) -> LoneRequest:
+    """One 256-px JPEG at a time over HTTP vs one bare batch-1 session call, in alternating
+    rounds: measured minutes apart, this VM's drift alone would move the comparison by more
+    than the 5 ms it is about. The bare call is timed both in the server's layout of the visual
+    model and with ONNX Runtime's default threads, so that the layout's cost shows too."""
+    seconds = 1.0 if cfg.quick else 1.5 if cfg.gpu else 3.0
+    thumbs = thumbnails()
+    path = generate("vit-b-32", dtype, cfg.workdir / "models")[0]
+    layout = thread_layout(Settings(), "visual", cfg.gpu)
+    sessions = {
+        "server": bare_model(path, cfg.providers, "visual", layout.intra_op_threads),
+        "default": bare_model(path, cfg.providers, "visual"),
+    }
+    x = sessions["server"].encoder.example_input(1)
+    bare: dict[str, list[float]] = {name: [] for name in sessions}
+    for session in sessions.values():
+        session.run(x)
+    http = LoadResult(1, 0.0)
+    server = start(cfg, dtype)
+    try:
+        before = ServerCounters.read(server, "visual")
+        for _ in range(rounds):
+            for name, session in sessions.items():
+                stop_at = time.perf_counter() + seconds
+                while (now := time.perf_counter()) < stop_at:
+                    session.run(x)
+                    bare[name].append(time.perf_counter() - now)
+            http.add_window(run_load(server.url, thumbs, 1, 0.5, seconds))
+        activity = ServerCounters.read(server, "visual").since(before)
+    finally:
+        server.stop()
+    result = LoneRequest(
+        float(np.percentile(bare["server"], 50)),
+        float(np.percentile(bare["default"], 50)),
+        layout,
+        http,
+        activity,
+    )
+    print(
+        f"lone request: bare batch-1 call p50 {fmt_ms(result.bare_p50_s)} ms (server layout), "
+        f"{fmt_ms(result.default_p50_s)} ms (default threads); HTTP C=1 p50 "
+        f"{fmt_ms(http.percentile(50))} ms",
+        flush=True,
+    )
+    return result
+
+
+def text_under_load(
+    cfg: Config, dtype: str, image_concurrency: int
+) -> tuple[list[str], LoadResult, LoadResult]:
+    thumbs = thumbnails()
+    texts = searches()
+    server = start(cfg, dtype)
+    try:
+        idle = run_load(server.url, texts, 1, cfg.warmup_s, cfg.measure_s)
+        images, busy = asyncio.run(
+            run_mixed(server.url, thumbs, image_concurrency, texts, cfg.warmup_s, cfg.measure_s)
+        )
+    finally:
+        server.stop()
+    ratio = busy.percentile(99) / idle.percentile(50)
+    print(
+        f"text idle p50 {fmt_ms(idle.percentile(50))} ms; under load p50 "
+        f"{fmt_ms(busy.percentile(50))} p99 {fmt_ms(busy.percentile(99))} ms "
+        f"(p99/idle p50 = {ratio:.2f}); images {images.requests_per_s:.1f} req/s",
+        flush=True,
+    )
+    lines = [
+        "## 3. Search latency while a library indexes",
+        "",
+        f"One text request at a time while {image_concurrency} clients send 256-px JPEGs "
+        "as fast as they can.",
+        "",
+    ]
+    lines += table(
+        ["text requests", "req/s", "p50", "p90", "p99", "errors"],
+        [
+            [
+                "idle server",
+                f"{idle.requests_per_s:.1f}",
+                fmt_ms(idle.percentile(50)),
+                fmt_ms(idle.percentile(90)),
+                fmt_ms(idle.percentile(99)),
+                str(sum(idle.errors.values())),
+            ],
+            [
+                f"while indexing ({images.requests_per_s:.1f} images/s)",
+                f"{busy.requests_per_s:.1f}",
+                fmt_ms(busy.percentile(50)),
+                fmt_ms(busy.percentile(90)),
+                fmt_ms(busy.percentile(99)),
+                str(sum(busy.errors.values())),
+            ],
+        ],
+    )
+    lines += [f"Text p99 under load / text p50 idle = **{ratio:.2f}** (target ≤ 3).", ""]
+    return lines, idle, busy

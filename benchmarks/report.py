@@ -1,0 +1,122 @@
+"""The report: the targets table from every section's results, the run's header, and writing
+BENCHMARKS.md while keeping the sections other commands write into it."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks.common import NOISE_NOTE, Config, cpu_name, fmt_ms, gpu_name, table
+from benchmarks.http_tables import LoneRequest
+from benchmarks.load import LoadResult
+from photofield_ai import __version__
+from photofield_ai.testing.generate import PRESETS
+
+# Sections other commands write into the same file (benchmarks.soak; comparisons recorded with
+# benchmarks.compare) and a rerun of this suite keeps.
+KEPT_SECTIONS = ("compare", "soak")
+
+
+def summary(
+    ceilings: dict[str, float],
+    results: dict[tuple[str, str, int], LoadResult],
+    dtype: str,
+    lone: LoneRequest,
+) -> list[str]:
+    lines = ["## Targets", ""]
+    rows = []
+    for label, kind in (("256-px JPEG", "visual"), ("text", "textual")):
+        c = 32 if label != "text" else 16
+        r = results.get((label, "on", c))
+        if r is None:
+            continue
+        ceiling = ceilings[f"{kind}-{dtype}"]
+        rows.append(
+            [
+                f"{label} req/s at C={c} vs {kind} ceiling",
+                f"{r.requests_per_s:.1f} / "
+                f"{ceiling:.1f} = {100 * r.requests_per_s / ceiling:.0f} %",
+                "≥ 95 %",
+            ]
+        )
+    p50 = lone.http.percentile(50)
+    threads = lone.layout.intra_op_threads or "default"
+    rows.append(
+        [
+            "256-px JPEG p50 at C=1 vs one bare batch-1 call in the server's layout "
+            f"({threads} thread(s)), alternating rounds",
+            f"{fmt_ms(p50)} ms vs {fmt_ms(lone.bare_p50_s)} ms "
+            f"({(p50 - lone.bare_p50_s) * 1000:+.1f} ms; the server's own calls took "
+            f"{fmt_ms(lone.activity.mean_call_s)} ms on average)",
+            "≤ call + 5 ms",
+        ]
+    )
+    if lone.layout.intra_op_threads:
+        rows.append(
+            [
+                "the same, vs one bare batch-1 call with ONNX Runtime's default threads",
+                f"{fmt_ms(p50)} ms vs {fmt_ms(lone.default_p50_s)} ms "
+                f"({(p50 - lone.default_p50_s) * 1000:+.1f} ms): the price of the indexing "
+                "layout for a lone image",
+                "(informative)",
+            ]
+        )
+    worse = [
+        f"{label} C={c}"
+        for (label, mode, c), r in results.items()
+        if mode == "on"
+        and (off := results.get((label, "off (N=1)", c))) is not None
+        and r.requests_per_s < off.requests_per_s
+    ]
+    rows.append(
+        [
+            "batching on ≥ off at every concurrency",
+            "yes" if not worse else "no: " + ", ".join(worse),
+            "never worse",
+        ]
+    )
+    lines += table(["target", "measured", "goal"], rows)
+    lines += [
+        NOISE_NOTE,
+        "",
+    ]
+    return lines
+
+
+def header(cfg: Config, command: str, minutes: float, dtype: str) -> list[str]:
+    gpu = gpu_name() if cfg.gpu else None
+    flops = PRESETS["vit-b-32"].visual.flops_per_item() / 1e9
+    text_flops = PRESETS["vit-b-32"].textual.flops_per_item() / 1e9
+    return [
+        "# Benchmarks" if not cfg.gpu else "# GPU benchmarks",
+        "",
+        f"- Command: `{command.strip()}` ({minutes:.1f} min)",
+        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Machine: {cpu_name()}, {os.cpu_count()} cores"
+        + (f", GPU {gpu}" if gpu else ", no GPU"),
+        f"- Software: photofield-ai {__version__}, onnxruntime {ort.__version__}, "
+        f"numpy {np.__version__}, Python {platform.python_version()}, providers "
+        f"{', '.join(cfg.providers)}",
+        f"- Models: generated `vit-b-32` (CLIP ViT-B/32 layer shapes, random weights; "
+        f"{flops:.2f} GFLOPs per image, {text_flops:.2f} per text), {dtype} for the HTTP runs",
+        "- The load generator runs on the same machine as the server and takes CPU from it.",
+        "",
+    ]
+
+
+def write(path: Path, report: list[str]) -> None:
+    """Write the report, keeping the KEPT_SECTIONS of the file it replaces."""
+    text = "\n".join(report)
+    if path.exists():
+        old = path.read_text()
+        for name in KEPT_SECTIONS:
+            start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+            if start in old and end in old:
+                kept = old[old.index(start) : old.index(end) + len(end)]
+                text = text.rstrip("\n") + "\n\n" + kept + "\n"
+    path.write_text(text)

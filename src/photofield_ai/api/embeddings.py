@@ -1,0 +1,145 @@
+"""The Photofield contract: POST/HEAD /image-embeddings and /text-embeddings.
+
+Handlers parse and validate, run the family's pre-step (decode, tokenize) in worker threads
+(never on the event loop), submit items to the model's batcher and encode the results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import anyio.to_thread
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from photofield_ai.api.errors import ApiError
+from photofield_ai.api.requests import (
+    ClientDisconnected,
+    describe_part,
+    embedding_fields,
+    engine_of,
+    image_model,
+    in_decode_thread,
+    read_file_parts,
+    text_model,
+    unless_disconnected,
+)
+from photofield_ai.clip.preprocess import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageFormatError,
+)
+from photofield_ai.families import ImageEncoder
+from photofield_ai.families.base import Array
+
+# Answer to a client that left before its result: nobody reads it (nginx's code for that).
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def head_image_embeddings(request: Request) -> Response:
+    image_model(request)
+    return Response(status_code=200)
+
+
+async def head_text_embeddings(request: Request) -> Response:
+    text_model(request)
+    return Response(status_code=200)
+
+
+def image_error_status(exc: ImageDecodeError) -> int:
+    if isinstance(exc, ImageTooLargeError):
+        return 413
+    if isinstance(exc, UnsupportedImageFormatError):
+        return 415
+    return 422
+
+
+async def _preprocess_part(
+    request: Request, encoder: ImageEncoder, index: int, field: str, upload: UploadFile
+) -> Array:
+    engine = engine_of(request)
+    data = await upload.read()
+    started = time.perf_counter()
+    try:
+        array = await in_decode_thread(
+            request, encoder.preprocess, data, engine.settings.max_image_pixels
+        )
+    except ImageDecodeError as exc:
+        where = describe_part(index, field, upload.filename)
+        raise ApiError(image_error_status(exc), f"{where}: {exc}") from None
+    engine.metrics.preprocess.labels("image").observe(time.perf_counter() - started)
+    return array
+
+
+async def image_embeddings(request: Request) -> Response:
+    model = image_model(request)
+    async with read_file_parts(request) as parts:
+        model.batcher.check_room(len(parts))  # refuse before decoding when overloaded
+        arrays = await asyncio.gather(
+            *(
+                _preprocess_part(request, model.encoder, i, field, upload)
+                for i, (field, upload) in enumerate(parts)
+            )
+        )
+        names = [(field, upload.filename) for field, upload in parts]
+    try:
+        outputs = await unless_disconnected(request, model.batcher.submit_many(arrays))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    images = [
+        {"field": field, "filename": filename, **embedding_fields(output)}
+        for (field, filename), output in zip(names, outputs, strict=True)
+    ]
+    return JSONResponse({"images": images})
+
+
+def parse_texts(body: bytes, limit: int) -> list[str]:
+    try:
+        payload: Any = json.loads(body)
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, 'request body must be a JSON object like {"texts": ["..."]}')
+    if "texts" not in payload:
+        raise ApiError(400, 'missing "texts": send {"texts": ["..."]}')
+    texts = payload["texts"]
+    if not isinstance(texts, list):
+        raise ApiError(400, f'"texts" must be a list of strings, not {type(texts).__name__}')
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ApiError(400, f'"texts"[{i}] must be a string, not {type(text).__name__}')
+    if len(texts) > limit:
+        raise ApiError(413, f"{len(texts)} texts in one request, more than the limit of {limit}")
+    return texts
+
+
+async def text_embeddings(request: Request) -> Response:
+    engine = engine_of(request)
+    model = text_model(request)
+    texts = parse_texts(await request.body(), engine.settings.max_texts_per_request)
+    if not texts:
+        return JSONResponse({"texts": []})
+    started = time.perf_counter()
+    tokens = await anyio.to_thread.run_sync(
+        lambda: [model.encoder.tokenize(text) for text in texts],
+        limiter=engine.tokenize_limiter,
+    )
+    engine.metrics.preprocess.labels("text").observe((time.perf_counter() - started) / len(texts))
+    try:
+        outputs = await unless_disconnected(request, model.batcher.submit_many(tokens))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return JSONResponse(
+        {
+            "texts": [
+                {"text": text, **embedding_fields(output)}
+                for text, output in zip(texts, outputs, strict=True)
+            ]
+        }
+    )

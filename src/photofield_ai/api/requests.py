@@ -1,0 +1,135 @@
+"""Request plumbing every endpoint shares: finding the engine and a model, refusing while
+draining, reading file parts, off-loop decoding, dropping work when the client leaves, and the
+embedding fields of the Photofield wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import numpy as np
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from photofield_ai.api.errors import ApiError
+from photofield_ai.api.middleware import ARRIVED_WHILE_DRAINING
+from photofield_ai.clip.wire import encode_embedding
+from photofield_ai.families import ImageEncoder, TextEncoder
+from photofield_ai.serving.engine import Engine, ServedEmbeddingModel
+
+T = TypeVar("T")
+
+
+def engine_of(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def refuse_if_draining(request: Request) -> None:
+    """Requests that arrived after SIGTERM get 503; those accepted before it finish."""
+    if request.scope.get(ARRIVED_WHILE_DRAINING, False):
+        raise ApiError(503, "server is shutting down", {"Retry-After": "1"})
+
+
+def image_model(request: Request) -> ServedEmbeddingModel[ImageEncoder]:
+    refuse_if_draining(request)
+    model = engine_of(request).visual
+    if model is None:
+        raise ApiError(503, "no visual model is loaded on this server")
+    return model
+
+
+def text_model(request: Request) -> ServedEmbeddingModel[TextEncoder]:
+    refuse_if_draining(request)
+    model = engine_of(request).textual
+    if model is None:
+        raise ApiError(503, "no textual model is loaded on this server")
+    return model
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, but cancel it (dropping its queued items) if the client goes away first;
+    then raise ClientDisconnected."""
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch_task.cancel()
+    if work_task in done:
+        return work_task.result()
+    work_task.cancel()
+    raise ClientDisconnected
+
+
+def embedding_fields(vector: np.ndarray[Any, Any]) -> dict[str, Any]:
+    encoded = encode_embedding(vector)
+    return {
+        "embedding_f16_b64": encoded.embedding_f16_b64,
+        "embedding_inv_norm_f16_uint16": encoded.embedding_inv_norm_f16_uint16,
+    }
+
+
+async def in_decode_thread(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """Run image work on the decode threads (lowered with the indexing priority)."""
+    return await asyncio.get_running_loop().run_in_executor(
+        engine_of(request).decode_threads, functools.partial(fn, *args)
+    )
+
+
+def describe_part(index: int, field: str, filename: str | None) -> str:
+    return f"image {index} (field {field!r}, filename {filename!r})"
+
+
+@contextlib.asynccontextmanager
+async def read_file_parts(request: Request) -> AsyncIterator[list[tuple[str, UploadFile]]]:
+    """The request's file parts, in order (every file part is an image, whatever its field
+    name). Anything else in the body is the client's mistake: 4xx."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ApiError(
+            415,
+            "expected a multipart/form-data body with one or more image files, "
+            f"got Content-Type {content_type or 'none'!r}",
+        )
+    limit = engine_of(request).settings.max_images_per_request
+    try:
+        form = await request.form(max_files=limit, max_fields=limit)
+    except HTTPException as exc:
+        if "Too many" in str(exc.detail):
+            raise ApiError(
+                413, f"more than {limit} parts in one request; send at most {limit} images"
+            ) from None
+        raise ApiError(400, f"malformed multipart body: {exc.detail}") from None
+    try:
+        parts: list[tuple[str, UploadFile]] = []
+        for field, value in form.multi_items():
+            if not isinstance(value, UploadFile):
+                raise ApiError(
+                    400, f"form field {field!r} is text, not a file; send images as file parts"
+                )
+            parts.append((field, value))
+        if not parts:
+            raise ApiError(
+                400,
+                "no image files in the request; send each image as a file part "
+                "(Photofield uses the field name 'image')",
+            )
+        yield parts
+    finally:
+        await form.close()

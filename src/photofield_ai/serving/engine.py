@@ -1,0 +1,205 @@
+"""The engine: one batcher (with its executor and metrics) per loaded model, built by one loop
+for the embedding models and the face models alike; started and drained with the server.
+
+What the request path gets from it: `visual` / `textual` (a queue plus the family's pre-step),
+`faces` (the face pipeline), the decode threads and the tokenize limiter. The policies it
+applies — device defaults, search before indexing, lowered indexing threads — are decided in
+`serving.layout`, `batcher.gate` and `runtime.threads`; this module only constructs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from photofield_ai.batcher import BatchPolicy, DynamicBatcher, PriorityGate
+from photofield_ai.batcher.batcher import RunBatch
+from photofield_ai.config import Settings
+from photofield_ai.families import Encoder, ImageEncoder, ModelSpec, TextEncoder
+from photofield_ai.metrics import Metrics
+from photofield_ai.runtime.threads import lowered_executor
+from photofield_ai.serving import layout
+from photofield_ai.serving.faces import FacePipeline, detector_runner, recognizer_runner
+from photofield_ai.serving.loading import LoadedModels
+
+log = logging.getLogger("photofield_ai")
+
+SearchRole = Literal["holds", "yields"]
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model to serve: how a batch runs, how its queue is served, what priority it has."""
+
+    name: str
+    run_batch: RunBatch
+    policy: BatchPolicy
+    intra_op_threads: int | str
+    indexing: bool  # its calls run on lowered threads (runtime.threads)
+    search_first: SearchRole | None  # text holds the gate, images yield to it
+    info: dict[str, str]
+    warmup: Callable[[], None] | None = None
+
+
+E = TypeVar("E", bound=Encoder)
+
+
+@dataclass
+class ServedEmbeddingModel(Generic[E]):
+    """An embedding model as the request path sees it: its queue and its family's pre-step."""
+
+    batcher: DynamicBatcher
+    encoder: E
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.encoder.spec
+
+
+def plan_models(settings: Settings, models: LoadedModels) -> list[ModelPlan]:
+    """Every model of the loaded set with its layout; no threads, loops or sessions started."""
+    accelerated = models.accelerated
+    plans = []
+    for loaded in (models.visual, models.textual):
+        if loaded is None:
+            continue
+        kind = loaded.kind
+        plans.append(
+            ModelPlan(
+                kind,
+                loaded.run,
+                layout.batch_policy(settings, kind, accelerated),
+                layout.thread_layout(settings, kind, accelerated).intra_op_threads
+                or "ONNX Runtime's default number of",
+                indexing=kind == "visual",
+                search_first="yields" if kind == "visual" else "holds",
+                info=loaded.encoder.spec.info(),
+                warmup=loaded.warmup,
+            )
+        )
+    if models.faces is not None:
+        for name, session, run in (
+            ("face_detector", models.faces.detector, detector_runner(models.faces.detector)),
+            (
+                "face_recognizer",
+                models.faces.recognizer,
+                recognizer_runner(models.faces.recognizer),
+            ),
+        ):
+            plans.append(
+                ModelPlan(
+                    name,
+                    run,
+                    layout.batch_policy(settings, "faces", accelerated, session.dynamic_batch),
+                    "ONNX Runtime's default number of",
+                    indexing=True,
+                    search_first=None,
+                    info={
+                        "path": str(session.path),
+                        "providers": ",".join(session.providers),
+                        "input_type": session.input_type,
+                        "output_type": "",
+                        "input_size": str(session.input_shape[-1]),
+                    },
+                )
+            )
+    return plans
+
+
+class Engine:
+    def __init__(self, settings: Settings, models: LoadedModels | None, metrics: Metrics) -> None:
+        self.settings = settings
+        self.models = models
+        self.metrics = metrics
+        self.visual: ServedEmbeddingModel[ImageEncoder] | None = None
+        self.textual: ServedEmbeddingModel[TextEncoder] | None = None
+        self.faces: FacePipeline | None = None
+        # Image decoding is indexing work: threads at the indexing priority.
+        self.decode_threads = lowered_executor(
+            settings.indexing_nice, settings.decode_threads, "image-decode"
+        )
+        # Tokenizing is search work: never queued behind image decodes.
+        self.tokenize_limiter = anyio.CapacityLimiter(layout.TOKENIZE_THREADS)
+        self.ready = False
+        self.draining = False
+        self._batchers: dict[str, DynamicBatcher] = {}
+        self._executors: list[ThreadPoolExecutor] = []
+
+    async def start(self) -> None:
+        """Warm up and start a batcher per model; then the server is ready."""
+        if self.models is not None:
+            gate = PriorityGate(layout.SEARCH_FIRST_MAX_WAIT_S)
+            for plan in plan_models(self.settings, self.models):
+                self._batchers[plan.name] = await self._serve(plan, gate)
+            self._expose(self.models)
+        self.ready = True
+
+    async def _serve(self, plan: ModelPlan, gate: PriorityGate) -> DynamicBatcher:
+        if plan.warmup is not None:
+            await anyio.to_thread.run_sync(plan.warmup)
+        policy = plan.policy
+        log.info(
+            "%s: max batch size %d, batch timeout %.1f ms, %d batch(es) in flight of %s "
+            "intra-op thread(s) each, queue of %d%s",
+            plan.name,
+            policy.max_batch_size,
+            policy.batch_timeout_s * 1000,
+            policy.max_concurrent_batches,
+            plan.intra_op_threads,
+            policy.max_queue,
+            f", at nice +{self.settings.indexing_nice}" if plan.indexing else "",
+        )
+        self.metrics.model_info.labels(plan.name).info(plan.info)
+        self.metrics.queue_capacity.labels(plan.name).set(policy.max_queue)
+        executor = None
+        if plan.indexing:
+            executor = lowered_executor(
+                self.settings.indexing_nice, policy.max_concurrent_batches, f"{plan.name}-inference"
+            )
+            self._executors.append(executor)
+        batcher = DynamicBatcher(
+            plan.name,
+            plan.run_batch,
+            policy,
+            self.metrics.for_batcher(plan.name),
+            holds=gate if plan.search_first == "holds" else None,
+            yields_to=gate if plan.search_first == "yields" else None,
+            executor=executor,
+        )
+        batcher.start()
+        return batcher
+
+    def _expose(self, models: LoadedModels) -> None:
+        b = self._batchers
+        if models.visual is not None:
+            assert isinstance(models.visual.encoder, ImageEncoder)
+            self.visual = ServedEmbeddingModel(b["visual"], models.visual.encoder)
+            log.info(models.visual.describe())
+        if models.textual is not None:
+            assert isinstance(models.textual.encoder, TextEncoder)
+            self.textual = ServedEmbeddingModel(b["textual"], models.textual.encoder)
+            log.info(models.textual.describe())
+        if models.faces is not None:
+            self.faces = FacePipeline(
+                b["face_detector"],
+                b["face_recognizer"],
+                self.decode_threads,
+                self.settings.face_score_threshold,
+                self.settings.face_max_faces,
+            )
+            log.info("Face detection and recognition ready")
+
+    async def close(self) -> None:
+        """Stop taking work; let queued and running batches finish within the grace period."""
+        self.ready = False
+        self.draining = True
+        for batcher in self._batchers.values():
+            await batcher.close(self.settings.shutdown_grace_s)
+        for executor in [*self._executors, self.decode_threads]:
+            executor.shutdown(wait=False)

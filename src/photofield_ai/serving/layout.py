@@ -1,0 +1,97 @@
+"""The one home of device defaults: how each model uses the device (threads per session call,
+K batches in flight) and how its queue is served (N, T). Explicit settings always win; every
+default that depends on the device or the model is decided here and nowhere else, and
+`describe_defaults` says it in words for the CLI help and the README's settings table.
+
+Measured reasons (BENCHMARKS.md, README "Tuning"):
+- CPU, visual model (indexing: throughput): one single-threaded batch per usable CPU spends no
+  time in ONNX Runtime's thread barriers (2 cores: 16.0 vs 12-14 images/s at 32 clients).
+- CPU, textual model (search: lone requests, latency): one batch at a time across all cores; any
+  kind but "visual" gets this layout, the face models included (whose sessions only take K from
+  it and keep ONNX Runtime's threads).
+- CPU, N = 8: the bare model gains little past batch 8 while every item waits for its batch.
+- Accelerator: N = 64 amortizes kernel launches; two batches in flight overlap copies and compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from photofield_ai.batcher import BatchPolicy
+from photofield_ai.config import Settings
+from photofield_ai.runtime.cpus import usable_cpus
+
+CPU_MAX_BATCH_SIZE = 8
+ACCELERATOR_MAX_BATCH_SIZE = 64
+BATCH_TIMEOUT_MS = 2.0
+ACCELERATOR_CONCURRENT_BATCHES = 2
+CPU_VISUAL_THREADS = 1
+# Search before indexing: an image batch waits at most this long for queued text to clear, so
+# that a flood of searches cannot starve indexing.
+SEARCH_FIRST_MAX_WAIT_S = 1.0
+# Texts tokenized at once (anyio worker threads, never queued behind image decodes).
+TOKENIZE_THREADS = 2
+
+
+@dataclass(frozen=True)
+class ThreadLayout:
+    """How one model uses the device: threads per session call, session calls at once."""
+
+    intra_op_threads: int  # 0: ONNX Runtime's default, one per physical core
+    concurrent_batches: int  # K
+
+
+def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLayout:
+    threads = settings.intra_op_threads
+    if accelerated:
+        return ThreadLayout(
+            threads or 0, settings.max_concurrent_batches or ACCELERATOR_CONCURRENT_BATCHES
+        )
+    if kind == "visual":
+        threads = threads or CPU_VISUAL_THREADS
+        return ThreadLayout(
+            threads, settings.max_concurrent_batches or max(1, usable_cpus() // threads)
+        )
+    return ThreadLayout(threads or 0, settings.max_concurrent_batches or 1)
+
+
+def batch_policy(
+    settings: Settings, kind: str, accelerated: bool, dynamic_batch: bool = True
+) -> BatchPolicy:
+    """The queue policy of one model; a model whose file fixes the batch axis runs batches of 1."""
+    timeout_ms = settings.batch_timeout_ms
+    return BatchPolicy(
+        max_batch_size=(
+            1
+            if not dynamic_batch
+            else settings.max_batch_size
+            or (ACCELERATOR_MAX_BATCH_SIZE if accelerated else CPU_MAX_BATCH_SIZE)
+        ),
+        batch_timeout_s=(BATCH_TIMEOUT_MS if timeout_ms is None else timeout_ms) / 1000.0,
+        max_concurrent_batches=thread_layout(settings, kind, accelerated).concurrent_batches,
+        max_queue=settings.max_queue,
+        queue_timeout_s=(
+            settings.queue_timeout_ms / 1000.0 if settings.queue_timeout_ms is not None else None
+        ),
+    )
+
+
+def with_concurrency(policy: BatchPolicy, k: int) -> BatchPolicy:
+    return dataclasses.replace(policy, max_concurrent_batches=k)
+
+
+def describe_defaults() -> dict[str, str]:
+    """The device defaults in words, by setting name."""
+    return {
+        "max_batch_size": f"{CPU_MAX_BATCH_SIZE} on CPU, {ACCELERATOR_MAX_BATCH_SIZE} on GPU",
+        "batch_timeout_ms": f"{BATCH_TIMEOUT_MS:g}",
+        "max_concurrent_batches": (
+            "CPU: visual one per usable CPU ÷ threads (usable: the affinity mask, capped by a "
+            f"container's CPU quota), textual 1; GPU: {ACCELERATOR_CONCURRENT_BATCHES}"
+        ),
+        "intra_op_threads": (
+            f"CPU: visual {CPU_VISUAL_THREADS}, textual ONNX Runtime's choice (one per physical "
+            "core); GPU: ONNX Runtime's choice"
+        ),
+    }

@@ -1,0 +1,232 @@
+"""Choose, fetch and load the models: the embedding models of the configured family and the two
+face models, checked for what they are. The result is a `LoadedModels` set the engine serves."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from photofield_ai.config import Settings, SettingsError
+from photofield_ai.families import FAMILIES, KINDS, Encoder, Kind, ModelFamily
+from photofield_ai.families.base import Array, Embeddings
+from photofield_ai.fetch import ModelResolutionError, resolve_model
+from photofield_ai.runtime import (
+    ModelLoadError,
+    OnnxSession,
+    available_providers,
+    select_providers,
+)
+from photofield_ai.runtime.providers import uses_accelerator
+from photofield_ai.runtime.threads import call_in_lowered_thread
+from photofield_ai.serving.layout import thread_layout
+
+log = logging.getLogger("photofield_ai")
+
+DISABLED = frozenset({"none", "off", "disabled"})
+
+
+def model_family(settings: Settings) -> ModelFamily:
+    try:
+        return FAMILIES[settings.model_family]
+    except KeyError:
+        raise SettingsError(
+            f"PHOTOFIELD_AI_MODEL_FAMILY must be one of {', '.join(FAMILIES)}, not "
+            f"{settings.model_family!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    visual: str
+    textual: str
+    note: str | None  # why the defaults were chosen, for the startup log
+
+
+def choose_models(settings: Settings, providers: list[str]) -> ModelChoice:
+    """Explicit settings win; otherwise the family's defaults for this device."""
+    family = model_family(settings)
+    if settings.visual_model is not None and settings.textual_model is not None:
+        return ModelChoice(settings.visual_model, settings.textual_model, None)
+    if family.default_models is None:
+        raise SettingsError(
+            f"the {family.name} model family has no default models: set "
+            "PHOTOFIELD_AI_VISUAL_MODEL and PHOTOFIELD_AI_TEXTUAL_MODEL"
+        )
+    accelerated = uses_accelerator(providers)
+    defaults = family.default_models(accelerated)
+    device = "an accelerator" if accelerated else "CPU only"
+    return ModelChoice(
+        settings.visual_model or defaults.visual,
+        settings.textual_model or defaults.textual,
+        f"Default models: {defaults.description} ({device}; set PHOTOFIELD_AI_VISUAL_MODEL and "
+        "PHOTOFIELD_AI_TEXTUAL_MODEL to choose)",
+    )
+
+
+def _resolve(value: str, settings: Settings, progress: IO[str] | None) -> Path | None:
+    if value.strip().lower() in DISABLED:
+        return None
+    return resolve_model(value, settings.models_dir, progress)
+
+
+def resolve_models(
+    settings: Settings, progress: IO[str] | None = None
+) -> tuple[list[str], Path | None, Path | None]:
+    """Select providers and turn both model settings into local files (downloading them).
+    A model set to `none` is disabled: its endpoint answers 503."""
+    available = available_providers()
+    log.info("Available providers: %s", ", ".join(available))
+    providers = select_providers(settings.runtime, settings.providers, available)
+    log.info("Using providers: %s", ", ".join(providers))
+    choice = choose_models(settings, providers)
+    if choice.note:
+        log.info(choice.note)
+    visual = _resolve(choice.visual, settings, progress)
+    textual = _resolve(choice.textual, settings, progress)
+    return providers, visual, textual
+
+
+@dataclass(frozen=True)
+class LoadedEmbeddingModel:
+    """A session and the encoder of its family and kind: everything needed to serve it."""
+
+    session: OnnxSession
+    encoder: Encoder
+
+    @property
+    def kind(self) -> Kind:
+        return self.encoder.spec.kind
+
+    def run(self, batch: Array) -> Embeddings:
+        return self.encoder.run(self.session, batch)
+
+    def warmup(self) -> None:
+        """The first Run allocates arenas and, on GPUs, compiles kernels: not a user's problem."""
+        self.run(self.encoder.example_input(1))
+
+    def describe(self) -> str:
+        spec = self.encoder.spec
+        return (
+            f"{spec.kind.capitalize()} inference ready ({spec.family}), input size "
+            f"{spec.input_size}, type {spec.input_type}"
+        )
+
+
+def load_embedding_model(
+    path: Path,
+    providers: list[str],
+    kind: Kind,
+    family: ModelFamily = FAMILIES["clip"],
+    intra_op_threads: int = 0,
+    session_type: type[OnnxSession] = OnnxSession,
+) -> LoadedEmbeddingModel:
+    """Open `path` and check that it is a `kind` model of `family`. `session_type` lets tests
+    slow down or break the session (a subclass) while everything else stays real."""
+    session = session_type(path, providers, intra_op_threads)
+    return LoadedEmbeddingModel(session, family.encoder(family.inspect(session, kind)))
+
+
+@dataclass(frozen=True)
+class FaceModels:
+    detector: OnnxSession
+    recognizer: OnnxSession
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    providers: list[str]
+    visual: LoadedEmbeddingModel | None  # None: disabled with PHOTOFIELD_AI_VISUAL_MODEL=none
+    textual: LoadedEmbeddingModel | None
+    faces: FaceModels | None = None
+
+    @property
+    def accelerated(self) -> bool:
+        return uses_accelerator(self.providers)
+
+
+def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedModels:
+    family = model_family(settings)
+    providers, visual_path, textual_path = resolve_models(settings, progress)
+    accelerated = uses_accelerator(providers)
+    loaded: dict[Kind, LoadedEmbeddingModel | None] = {}
+    for kind, path in zip(KINDS, (visual_path, textual_path), strict=True):
+        if path is None:
+            log.info("The %s model is disabled", kind)
+            loaded[kind] = None
+            continue
+        log.info("Loading %s model: %s", kind, path)
+        # Indexing models are built in a lowered thread: their intra-op pools inherit it.
+        loaded[kind] = call_in_lowered_thread(
+            settings.indexing_nice if kind == "visual" else 0,
+            functools.partial(
+                load_embedding_model,
+                path,
+                providers,
+                kind,
+                family,
+                thread_layout(settings, kind, accelerated).intra_op_threads,
+            ),
+        )
+    faces = load_face_models(settings, providers, progress)
+    return LoadedModels(providers, loaded["visual"], loaded["textual"], faces)
+
+
+def resolve_face_models(settings: Settings, progress: IO[str] | None = None) -> tuple[Path, Path]:
+    return (
+        resolve_model(settings.face_detector_model, settings.models_dir, progress),
+        resolve_model(settings.face_recognizer_model, settings.models_dir, progress),
+    )
+
+
+def detector_output_roles(detector: OnnxSession) -> dict[int, int]:
+    """Output index by the size of its last axis: 4 = box offsets, 2 = scores, 10 = landmarks."""
+    roles: dict[int, int] = {}
+    for i, output in enumerate(detector.outputs):
+        last = output.shape[-1] if output.shape else None
+        if isinstance(last, int) and last in (2, 4, 10):
+            roles[last] = i
+    return roles
+
+
+def check_face_models(detector: OnnxSession, recognizer: OnnxSession) -> None:
+    shape = detector.input_shape
+    if len(shape) != 4 or shape[1] != 3 or sorted(detector_output_roles(detector)) != [2, 4, 10]:
+        raise ModelLoadError(
+            f"{detector.path} is not a RetinaFace detector (input [1, 3, H, W]; outputs loc, "
+            "conf, landmarks)"
+        )
+    if recognizer.input_shape[1:] != [3, 112, 112]:
+        raise ModelLoadError(
+            f"{recognizer.path} is not a face recognizer with [batch, 3, 112, 112] input"
+        )
+
+
+def load_face_models(
+    settings: Settings, providers: list[str], progress: IO[str] | None = None
+) -> FaceModels | None:
+    """Explicit PHOTOFIELD_AI_FACES_ENABLED=1: a failure is fatal. Unset (the default): the
+    server still starts, /faces answers 503, and the log says why."""
+    if settings.faces_enabled is False:
+        log.info("Faces are disabled")
+        return None
+    try:
+        detector_path, recognizer_path = resolve_face_models(settings, progress)
+        nice = settings.indexing_nice
+        log.info("Loading face detector: %s", detector_path)
+        detector = call_in_lowered_thread(nice, lambda: OnnxSession(detector_path, providers))
+        log.info("Loading face recognizer: %s", recognizer_path)
+        recognizer = call_in_lowered_thread(nice, lambda: OnnxSession(recognizer_path, providers))
+        check_face_models(detector, recognizer)
+    except (ModelResolutionError, ModelLoadError) as exc:
+        if settings.faces_enabled:
+            raise
+        log.warning(
+            "Faces unavailable, /faces answers 503: %s (set PHOTOFIELD_AI_FACES_ENABLED=0 "
+            "to not load them, or =1 to make this fatal)",
+            exc,
+        )
+        return None
+    return FaceModels(detector, recognizer)
