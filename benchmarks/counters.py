@@ -44,7 +44,7 @@ class ServerCounters:
             values.get("photofield_ai_batch_size_sum", 0.0),
             values.get("photofield_ai_batch_size_count", 0.0),
             process_cpu_s(server.process.pid),
-            # the main thread runs the event loop (hypercorn + the handlers)
+            # the main thread runs the event loop (uvicorn + the handlers)
             process_cpu_s(server.process.pid, server.process.pid),
         )
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from photofield_ai.clip import preprocess as pp
 from photofield_ai.clip.tokenizer import CONTEXT_LENGTH, ClipTokenizer
+from photofield_ai.imaging import errors
 from tests.conftest import ServerProcess, start_server
 from tests.face_fakes import write_detector, write_recognizer
 from tests.images import encode, jpeg, photo
@@ -29,8 +30,8 @@ SEEDS = [
 
 def _decode_or_decoder_error(data: bytes) -> None:
     try:
-        out = pp.preprocess_image(data, 64, max_pixels=4_000_000)
-    except pp.ImageDecodeError:
+        out = pp.preprocess_image(data, 64, 4_000_000)
+    except errors.ImageDecodeError:
         return
     assert out.shape == (3, 64, 64) and out.dtype == np.float32
 

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from photofield_ai.clip import preprocess as pp
+from photofield_ai.imaging import decode, errors
 from tests.images import encode, jpeg, photo, psnr, with_orientation
 
 S = 224
@@ -50,7 +51,7 @@ def test_normalize_uses_clip_mean_and_std() -> None:
 )
 def test_fast_path_matches_reference(size: tuple[int, int]) -> None:
     """libjpeg-turbo DCT scaling + crop-box resize against full decode + resize + crop."""
-    assert pp.turbojpeg_available(), "libjpeg-turbo (libturbojpeg) must be installed"
+    assert decode.turbojpeg_available(), "libjpeg-turbo (libturbojpeg) must be installed"
     data = jpeg(*size)
     fast = pp.decode_and_crop(data, S)
     reference = pp.reference_decode_and_crop(data, S)
@@ -151,19 +152,19 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     # A PNG header declaring 50000x50000 pixels; the file is tiny.
     bomb = encode(Image.new("1", (50000, 50000)), "PNG")
     assert len(bomb) < 1_000_000
-    with pytest.raises(pp.ImageTooLargeError):
-        pp.preprocess_image(bomb, S, max_pixels=100_000_000)
-    with pytest.raises(pp.ImageTooLargeError):
-        pp.preprocess_image(jpeg(400, 300), S, max_pixels=1000)
+    with pytest.raises(errors.ImageTooLargeError):
+        pp.preprocess_image(bomb, S, 100_000_000)
+    with pytest.raises(errors.ImageTooLargeError):
+        pp.preprocess_image(jpeg(400, 300), S, 1000)
 
 
 @pytest.mark.parametrize(
     ("data", "error"),
     [
-        (b"", pp.ImageDecodeError),
-        (b"\x00\x01 random bytes" * 50, pp.ImageDecodeError),
-        (b"hello, this is a text file named photo.jpg\n", pp.ImageDecodeError),
-        (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n", pp.ImageDecodeError),
+        (b"", errors.ImageDecodeError),
+        (b"\x00\x01 random bytes" * 50, errors.ImageDecodeError),
+        (b"hello, this is a text file named photo.jpg\n", errors.ImageDecodeError),
+        (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n", errors.ImageDecodeError),
     ],
 )
 def test_unreadable_bytes_raise_decode_errors(data: bytes, error: type[Exception]) -> None:
@@ -173,11 +174,11 @@ def test_unreadable_bytes_raise_decode_errors(data: bytes, error: type[Exception
 
 def test_truncated_images_raise_decode_errors() -> None:
     for data in (jpeg(640, 480), encode(photo(640, 480), "PNG")):
-        with pytest.raises(pp.ImageDecodeError):
+        with pytest.raises(errors.ImageDecodeError):
             pp.preprocess_image(data[: len(data) // 2], S)
 
 
 def test_unsupported_but_real_format_is_named() -> None:
     ico = encode(photo(64, 64), "ICO")
-    with pytest.raises(pp.UnsupportedImageFormatError, match="supported formats: JPEG"):
+    with pytest.raises(errors.UnsupportedImageFormatError, match="supported formats: JPEG"):
         pp.preprocess_image(ico, S)

@@ -16,6 +16,7 @@ from photofield_ai.batcher import BatchPolicy
 from photofield_ai.clip.wire import decode_embedding
 from photofield_ai.config import Settings, SettingsError
 from photofield_ai.families import FAMILIES, toy
+from photofield_ai.imaging.decode import DecodeLimits
 from photofield_ai.metrics import Metrics
 from photofield_ai.runtime import ModelLoadError, OnnxSession
 from photofield_ai.runtime.cpus import usable_cpus
@@ -78,6 +79,7 @@ def test_device_defaults_are_described_from_the_constants() -> None:
         "batch_timeout_ms",
         "max_concurrent_batches",
         "intra_op_threads",
+        "decode_memory_mb",
     }
     assert str(layout.CPU_MAX_BATCH_SIZE) in words["max_batch_size"]
     assert str(layout.ACCELERATOR_MAX_BATCH_SIZE) in words["max_batch_size"]
@@ -191,7 +193,7 @@ def test_the_toy_family_serves_over_http(tmp_path: Path) -> None:
         got = decode_embedding(r.json()["images"][0]["embedding_f16_b64"])
         image_model = load_embedding_model(visual, CPU, "visual", FAMILIES["toy"])
         assert isinstance(image_model.encoder, toy.ToyImageEncoder)
-        want = image_model.run(image_model.encoder.preprocess(photo, 10**8)[None])[0]
+        want = image_model.run(image_model.encoder.preprocess(photo, DecodeLimits())[None])[0]
         assert got.shape == (32,)
         np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float16), atol=1e-3)
 
@@ -246,6 +248,14 @@ def test_dependencies_point_one_way() -> None:
             "photofield_ai.serving",
             "photofield_ai.batcher",
             "photofield_ai.runtime",
+        ),
+        "imaging": (
+            "photofield_ai.api",
+            "photofield_ai.serving",
+            "photofield_ai.batcher",
+            "photofield_ai.runtime",
+            "photofield_ai.clip",
+            "photofield_ai.faces",
         ),
         "faces": (
             "photofield_ai.api",

@@ -13,13 +13,7 @@ from starlette.routing import Route
 
 from photofield_ai.api import embeddings, faces, service
 from photofield_ai.api.errors import EXCEPTION_HANDLERS
-from photofield_ai.api.middleware import (
-    ActiveRequests,
-    CollapseSlashes,
-    LimitBodySize,
-    RecordHttpMetrics,
-    TrackActiveRequests,
-)
+from photofield_ai.api.middleware import CollapseSlashes, LimitBodySize, RecordHttpMetrics
 from photofield_ai.config import Settings
 from photofield_ai.metrics import Metrics
 from photofield_ai.serving.engine import Engine
@@ -41,10 +35,8 @@ ROUTES = [
 
 def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
     """The ASGI app. With `models=None` it serves 503 on the model endpoints (tests, and a
-    server whose models are absent). `app.state.engine` and `app.state.active_requests` are
-    what the CLI drains on SIGTERM."""
+    server whose models are absent). `app.state.engine` is what the HTTP server drains."""
     engine = Engine(settings, models, Metrics())
-    active = ActiveRequests()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -61,15 +53,17 @@ def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(CollapseSlashes),
-            Middleware(TrackActiveRequests, engine=engine, active=active),
             Middleware(
                 RecordHttpMetrics,
                 metrics=engine.metrics,
                 endpoints=frozenset(r.path for r in ROUTES),
             ),
-            Middleware(LimitBodySize, max_bytes=settings.max_body_bytes),
+            Middleware(
+                LimitBodySize,
+                max_bytes=settings.max_body_bytes,
+                per_path={"/text-embeddings": settings.max_text_body_bytes},
+            ),
         ],
     )
     app.state.engine = engine
-    app.state.active_requests = active
     return app

@@ -8,9 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -48,9 +46,7 @@ def _check_bindable(host: str, port: int) -> None:
 
 
 def serve(settings: Settings) -> int:
-    from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config
-
+    from photofield_ai.api.server import HttpServer
     from photofield_ai.app import create_app
     from photofield_ai.serving.loading import load_models
 
@@ -60,49 +56,12 @@ def serve(settings: Settings) -> int:
         return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
     models = load_models(settings)
     app = create_app(settings, models)
-    engine, active = app.state.engine, app.state.active_requests
-    config = Config()
-    config.bind = [f"{settings.host}:{settings.port}"]
-    # Requests are drained before hypercorn is told to stop (see drain); this only bounds
-    # closing the idle keep-alive connections afterwards.
-    config.graceful_timeout = 5.0
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.keep_alive_timeout = 75
-    config.h11_max_incomplete_size = 64 * 1024
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def drain() -> None:
-            """Readiness is false and new requests get 503 from here on; requests accepted
-            before the signal finish (up to the grace period), then the server stops."""
-            deadline = loop.time() + settings.shutdown_grace_s
-            while active.count > 0 and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-            if active.count:
-                log.warning("Grace period over with %d request(s) unfinished", active.count)
-            stop.set()
-
-        def on_signal(signum: int) -> None:
-            if engine.draining:  # a second signal: stop now
-                stop.set()
-                return
-            log.info("Received %s: draining (readiness is now false)", signal.Signals(signum).name)
-            engine.draining = True
-            task = loop.create_task(drain())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal, signum)
-        log.info("Listening on %s:%d", settings.host, settings.port)
-        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-
+    engine = app.state.engine
+    server = HttpServer(app, settings, engine.metrics, draining=engine.start_draining)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    log.info("Listening on %s:%d", settings.host, settings.port)
     try:
-        asyncio.run(run())
+        server.run()
     except OSError as exc:
         return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
     log.info("Stopped")

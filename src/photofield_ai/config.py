@@ -110,10 +110,17 @@ class Settings:
 
     # Request limits.
     max_body_bytes: int = setting(64 * 1024 * 1024, "larger bodies get 413 while streaming")
+    max_text_body_bytes: int = setting(
+        1024 * 1024, "larger `/text-embeddings` bodies get 413 (texts are cut to the context)"
+    )
     max_images_per_request: int = setting(64, "file parts per request")
     max_texts_per_request: int = setting(256, "texts per request (413 beyond)")
     max_image_pixels: int = setting(
         100_000_000, "images declaring more pixels are refused (413) before decoding"
+    )
+    decode_memory_mb: int | None = setting(
+        help="memory all image decodes at once may take (estimated from each image's declared "
+        "size before decoding); a decode waits for room, one that could never fit gets 413"
     )
 
     # Faces. None: enabled, but a failure to load the face models only disables /faces (503).
@@ -144,8 +151,32 @@ class Settings:
         factory=lambda: max(2, os.cpu_count() or 2),
         default_words="CPU count (≥ 2)",
     )
+    # Connections and shutdown.
+    header_timeout_s: float = setting(
+        30.0,
+        "a connection that has not sent complete request headers this long after connecting "
+        "(or after its request's first byte) gets 408 and is closed",
+    )
+    body_timeout_s: float = setting(
+        30.0, "a request body that makes no progress for this long: the connection is closed"
+    )
+    keep_alive_s: float = setting(
+        100.0,
+        "idle keep-alive connections are closed after this long (longer than Go's default "
+        "90 s, so Photofield's client closes first and never races a closing server)",
+    )
+    max_connections: int = setting(
+        2048,
+        "connections at once (capped by the open-files limit); beyond it a new connection gets "
+        "503 + `Retry-After` and is closed",
+    )
+    shutdown_delay_s: float = setting(
+        5.0,
+        "after SIGTERM, keep accepting connections this long (readiness already false) while "
+        "the orchestrator stops routing here; Ctrl-C (SIGINT) skips it",
+    )
     shutdown_grace_s: float = setting(
-        30.0, "on SIGTERM, how long queued and running requests may take to finish"
+        30.0, "then, how long running and queued requests may take to finish"
     )
     log_level: str = setting("info", "one of " + ", ".join(LOG_LEVELS), commands=BOTH)
 

@@ -132,6 +132,24 @@ class Metrics:
         self.http_in_flight = Gauge(
             "http_requests_in_flight", "HTTP requests being handled now", namespace=ns, registry=r
         )
+        self.http_connections = Gauge(
+            "http_connections", "Open client connections", namespace=ns, registry=r
+        )
+        self.http_connections_closed = Counter(
+            "http_connections_closed",
+            "Connections the server closed for a client's fault: header_timeout, body_timeout, "
+            "too_many_connections, headers_too_large, malformed_request",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.http_client_disconnects = Counter(
+            "http_client_disconnects",
+            "Requests whose client went away before the answer (not a server error)",
+            ["endpoint"],
+            namespace=ns,
+            registry=r,
+        )
         self.http_latency = Histogram(
             "http_request_duration_seconds",
             "HTTP request latency",

@@ -18,7 +18,6 @@ from starlette.responses import JSONResponse, Response
 
 from photofield_ai.api.errors import ApiError
 from photofield_ai.api.requests import (
-    ClientDisconnected,
     describe_part,
     embedding_fields,
     engine_of,
@@ -28,16 +27,14 @@ from photofield_ai.api.requests import (
     text_model,
     unless_disconnected,
 )
-from photofield_ai.clip.preprocess import (
+from photofield_ai.families import ImageEncoder
+from photofield_ai.families.base import Array
+from photofield_ai.imaging.errors import (
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedImageFormatError,
 )
-from photofield_ai.families import ImageEncoder
-from photofield_ai.families.base import Array
-
-# Answer to a client that left before its result: nobody reads it (nginx's code for that).
-CLIENT_CLOSED_REQUEST = 499
+from photofield_ai.serving.layout import INLINE_TOKENIZE_CHARS
 
 
 async def head_image_embeddings(request: Request) -> Response:
@@ -65,9 +62,7 @@ async def _preprocess_part(
     data = await upload.read()
     started = time.perf_counter()
     try:
-        array = await in_decode_thread(
-            request, encoder.preprocess, data, engine.settings.max_image_pixels
-        )
+        array = await in_decode_thread(request, encoder.preprocess, data, engine.decode_limits)
     except ImageDecodeError as exc:
         where = describe_part(index, field, upload.filename)
         raise ApiError(image_error_status(exc), f"{where}: {exc}") from None
@@ -86,10 +81,7 @@ async def image_embeddings(request: Request) -> Response:
             )
         )
         names = [(field, upload.filename) for field, upload in parts]
-    try:
-        outputs = await unless_disconnected(request, model.batcher.submit_many(arrays))
-    except ClientDisconnected:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    outputs = await unless_disconnected(request, model.batcher.submit_many(arrays))
     images = [
         {"field": field, "filename": filename, **embedding_fields(output)}
         for (field, filename), output in zip(names, outputs, strict=True)
@@ -102,7 +94,9 @@ def parse_texts(body: bytes, limit: int) -> list[str]:
         payload: Any = json.loads(body)
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not valid UTF-8") from None
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and Python's limit on an integer's digits
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise ApiError(400, 'request body must be a JSON object like {"texts": ["..."]}')
@@ -114,6 +108,12 @@ def parse_texts(body: bytes, limit: int) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ApiError(400, f'"texts"[{i}] must be a string, not {type(text).__name__}')
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # "\ud800": valid JSON, not valid Unicode
+            raise ApiError(
+                400, f'"texts"[{i}] is not valid Unicode (it has an unpaired surrogate)'
+            ) from None
     if len(texts) > limit:
         raise ApiError(413, f"{len(texts)} texts in one request, more than the limit of {limit}")
     return texts
@@ -126,15 +126,17 @@ async def text_embeddings(request: Request) -> Response:
     if not texts:
         return JSONResponse({"texts": []})
     started = time.perf_counter()
-    tokens = await anyio.to_thread.run_sync(
-        lambda: [model.encoder.tokenize(text) for text in texts],
-        limiter=engine.tokenize_limiter,
-    )
+    if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
+        # A search: a few words, tokenized here in well under a millisecond (no thread hop,
+        # and never queued behind someone's megabyte of text).
+        tokens = [model.encoder.tokenize(text) for text in texts]
+    else:
+        tokens = await anyio.to_thread.run_sync(
+            lambda: [model.encoder.tokenize(text) for text in texts],
+            limiter=engine.tokenize_limiter,
+        )
     engine.metrics.preprocess.labels("text").observe((time.perf_counter() - started) / len(texts))
-    try:
-        outputs = await unless_disconnected(request, model.batcher.submit_many(tokens))
-    except ClientDisconnected:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    outputs = await unless_disconnected(request, model.batcher.submit_many(tokens))
     return JSONResponse(
         {
             "texts": [

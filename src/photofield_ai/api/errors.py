@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from photofield_ai.batcher import (
@@ -18,6 +18,9 @@ from photofield_ai.batcher import (
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "1"
+# Status recorded for a request whose client left (nginx's "client closed request"); the
+# answer is never delivered, it only labels the metric.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class ApiError(Exception):
@@ -59,6 +62,15 @@ async def handle_batcher_error(request: Request, exc: Exception) -> Response:
     raise exc
 
 
+async def handle_client_disconnect(request: Request, exc: Exception) -> Response:
+    """A client that leaves mid-upload is normal traffic: one quiet line and a counter."""
+    engine = request.app.state.engine
+    endpoint = request.scope.get("route_path") or request.url.path
+    engine.metrics.http_client_disconnects.labels(endpoint).inc()
+    log.info("%s %s: the client went away before the answer", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal server error")
@@ -71,5 +83,6 @@ EXCEPTION_HANDLERS = {
     QueueTimeoutError: handle_batcher_error,
     BatcherClosedError: handle_batcher_error,
     BatchFailedError: handle_batcher_error,
+    ClientDisconnect: handle_client_disconnect,
     Exception: handle_unexpected,
 }

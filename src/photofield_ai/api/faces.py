@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from photofield_ai.api.errors import ApiError
-from photofield_ai.api.requests import engine_of, read_file_parts, refuse_if_draining
-from photofield_ai.clip.preprocess import ImageDecodeError
+from photofield_ai.api.requests import engine_of, read_file_parts
+from photofield_ai.imaging.errors import ImageDecodeError
 from photofield_ai.serving.faces import FacePipeline
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,6 @@ ERROR_HEADER = "X-Photofield-AI-Faces-Error"
 
 
 def face_pipeline(request: Request) -> FacePipeline:
-    refuse_if_draining(request)
     faces = engine_of(request).faces
     if faces is None:
         raise ApiError(503, "face models are not loaded on this server")
@@ -51,12 +50,12 @@ async def _one_image(
     result: dict[str, Any] = {"field": field, "filename": upload.filename, "faces": []}
     data = await upload.read()
     try:
-        result["faces"] = await pipeline.find_faces(data, engine.settings.max_image_pixels)
+        result["faces"] = await pipeline.find_faces(data, engine.decode_limits)
     except ImageDecodeError as exc:
         reason = type(exc).__name__.removesuffix("Error")
         engine.metrics.face_images_unreadable.labels(reason).inc()
-        problems.append(f"image {index} ({upload.filename}): {exc}")
-        log.info("/faces: image %d (%s) unreadable: %s", index, upload.filename, exc)
+        problems.append(f"image {index} ({upload.filename!r}): {exc}")
+        log.info("/faces: image %d (%r) unreadable: %s", index, upload.filename, exc)
         return result
     engine.metrics.faces_per_image.observe(len(result["faces"]))
     return result
@@ -72,9 +71,11 @@ async def faces(request: Request) -> Response:
                 for i, (field, upload) in enumerate(parts)
             )
         )
-    headers = {}
-    if problems:
-        # Header values are latin-1 and one line: keep it plain.
-        text = "; ".join(problems).encode("ascii", "replace").decode()[:1000]
-        headers[ERROR_HEADER] = text.replace("\r", " ").replace("\n", " ")
+    headers = {ERROR_HEADER: header_value("; ".join(problems))} if problems else {}
     return JSONResponse({"images": images}, headers=headers)
+
+
+def header_value(text: str, limit: int = 1000) -> str:
+    """A header value says anything as printable ASCII on one line: every other character
+    (control characters from a filename included) becomes `?`."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])

@@ -6,16 +6,11 @@ import asyncio
 import json
 import re
 import time
-from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from photofield_ai.api.errors import BodyTooLargeError
 from photofield_ai.metrics import Metrics
-from photofield_ai.serving.engine import Engine
-
-# Set on requests that arrive after SIGTERM: they are refused (503) while earlier ones finish.
-ARRIVED_WHILE_DRAINING = "photofield_ai.arrived_while_draining"
 
 _SLASHES = re.compile(r"/{2,}")
 
@@ -79,15 +74,19 @@ class LimitBodySize:
     counted as it arrives and cut off once it passes the limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"request body is larger than the limit of {self.max_bytes} bytes"
+        max_bytes = self.per_path.get(scope["path"], self.max_bytes)
+        message = f"request body is larger than the limit of {max_bytes} bytes"
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -95,8 +94,8 @@ class LimitBodySize:
                 except ValueError:
                     await _send_json(send, 400, {"error": "invalid Content-Length header"})
                     return
-                if declared > self.max_bytes:
-                    if declared - self.max_bytes <= _DISCARD_BYTES:
+                if declared > max_bytes:
+                    if declared - max_bytes <= _DISCARD_BYTES:
                         await _discard_body(receive)
                     await _send_json(send, 413, {"error": message})
                     return
@@ -108,7 +107,7 @@ class LimitBodySize:
             msg = await receive()
             if msg["type"] == "http.request":
                 received += len(msg.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     if msg.get("more_body", False):
                         await _discard_body(receive)
                     raise BodyTooLargeError(413, message)
@@ -128,8 +127,8 @@ class LimitBodySize:
 
 
 class RecordHttpMetrics:
-    """Requests by endpoint, method and status, and their latency. Unknown paths share one label
-    so that scanners cannot blow up the metric's cardinality."""
+    """Requests by endpoint, method and status, their latency, and those in flight. Unknown paths
+    share one label so that scanners cannot blow up the metric's cardinality."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: frozenset[str]) -> None:
         self.app = app
@@ -151,39 +150,12 @@ class RecordHttpMetrics:
                 status = msg["status"]
             await send(msg)
 
+        self.metrics.http_in_flight.inc()
         try:
             await self.app(scope, receive, recording_send)
         finally:
+            self.metrics.http_in_flight.dec()
             self.metrics.http_requests.labels(endpoint, method, str(status)).inc()
             self.metrics.http_latency.labels(endpoint, method).observe(
                 time.perf_counter() - started
             )
-
-
-@dataclass
-class ActiveRequests:
-    """Requests in progress: what shutdown waits for (see cli.serve)."""
-
-    count: int = 0
-
-
-class TrackActiveRequests:
-    """Counts requests in progress and marks those that arrive while the engine drains."""
-
-    def __init__(self, app: ASGIApp, engine: Engine, active: ActiveRequests) -> None:
-        self.app = app
-        self.engine = engine
-        self.active = active
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        scope[ARRIVED_WHILE_DRAINING] = self.engine.draining
-        self.active.count += 1
-        self.engine.metrics.http_in_flight.inc()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.active.count -= 1
-            self.engine.metrics.http_in_flight.dec()

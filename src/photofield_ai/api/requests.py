@@ -1,5 +1,5 @@
-"""Request plumbing every endpoint shares: finding the engine and a model, refusing while
-draining, reading file parts, off-loop decoding, dropping work when the client leaves, and the
+"""Request plumbing every endpoint shares: finding the engine and a model, reading file
+parts, off-loop decoding, dropping work when the client leaves, and the
 embedding fields of the Photofield wire format."""
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from typing import Any, TypeVar
 import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from photofield_ai.api.errors import ApiError
-from photofield_ai.api.middleware import ARRIVED_WHILE_DRAINING
 from photofield_ai.clip.wire import encode_embedding
 from photofield_ai.families import ImageEncoder, TextEncoder
 from photofield_ai.serving.engine import Engine, ServedEmbeddingModel
@@ -29,14 +28,7 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-def refuse_if_draining(request: Request) -> None:
-    """Requests that arrived after SIGTERM get 503; those accepted before it finish."""
-    if request.scope.get(ARRIVED_WHILE_DRAINING, False):
-        raise ApiError(503, "server is shutting down", {"Retry-After": "1"})
-
-
 def image_model(request: Request) -> ServedEmbeddingModel[ImageEncoder]:
-    refuse_if_draining(request)
     model = engine_of(request).visual
     if model is None:
         raise ApiError(503, "no visual model is loaded on this server")
@@ -44,15 +36,10 @@ def image_model(request: Request) -> ServedEmbeddingModel[ImageEncoder]:
 
 
 def text_model(request: Request) -> ServedEmbeddingModel[TextEncoder]:
-    refuse_if_draining(request)
     model = engine_of(request).textual
     if model is None:
         raise ApiError(503, "no textual model is loaded on this server")
     return model
-
-
-class ClientDisconnected(Exception):
-    pass
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -64,7 +51,7 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, but cancel it (dropping its queued items) if the client goes away first;
-    then raise ClientDisconnected."""
+    then raise ClientDisconnect, as Starlette does when the client leaves mid-body."""
     work_task = asyncio.ensure_future(work)
     watch_task = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
@@ -74,7 +61,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     if work_task in done:
         return work_task.result()
     work_task.cancel()
-    raise ClientDisconnected
+    raise ClientDisconnect
 
 
 def embedding_fields(vector: np.ndarray[Any, Any]) -> dict[str, Any]:

@@ -19,6 +19,19 @@ import numpy.typing as npt
 import regex
 
 CONTEXT_LENGTH = 77
+# Bounds on the work one text can cause (BPE is quadratic in a word's length). Normal text never
+# reaches them, so its ids are exactly the reference's:
+# - a text longer than MAX_TEXT_CHARS has its first 8 × MAX_TEXT_CHARS characters' whitespace
+#   runs folded and is cut to MAX_TEXT_CHARS before ftfy (77 tokens of at most 32 characters
+#   need ~2,500 characters of clean text; the rest is margin for HTML entities, which shrink);
+# - a word longer than WORD_CHUNK characters is encoded from a prefix, doubled until the prefix
+#   yields the ids still needed plus BOUNDARY_MARGIN (the last pieces of a cut word may merge
+#   differently than in the whole word; they are never used);
+# - pieces longer than MAX_CACHED_CHARS are not cached (the cache is bounded by entries).
+MAX_TEXT_CHARS = 16_384
+WORD_CHUNK = 256
+BOUNDARY_MARGIN = 8
+MAX_CACHED_CHARS = 64
 _VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _PATTERN = regex.compile(
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
@@ -49,7 +62,10 @@ def _pairs(word: Sequence[str]) -> set[tuple[str, str]]:
 
 
 def clean_text(text: str) -> str:
-    """Reference CLIP cleaning: ftfy, double html unescape, whitespace folding, lower case."""
+    """Reference CLIP cleaning: ftfy, double html unescape, whitespace folding, lower case.
+    A text over MAX_TEXT_CHARS is folded and cut first (see above)."""
+    if len(text) > MAX_TEXT_CHARS:
+        text = _WHITESPACE.sub(" ", text[: 8 * MAX_TEXT_CHARS])[:MAX_TEXT_CHARS]
     text = str(ftfy.fix_text(text))
     text = html.unescape(html.unescape(text)).strip()
     folded: str = _WHITESPACE.sub(" ", text)
@@ -114,9 +130,22 @@ class ClipTokenizer:
                 break
             pairs = _pairs(word)
         result = " ".join(word)
-        if len(self._cache) < 100_000:
+        if len(self._cache) < 100_000 and len(token) <= MAX_CACHED_CHARS:
             self._cache[token] = result
         return result
+
+    def _pieces(self, mapped: str, needed: int) -> list[str]:
+        """The BPE pieces of one pre-token, at least the first `needed` of them exactly."""
+        if len(mapped) <= WORD_CHUNK:
+            return self.bpe(mapped).split(" ")
+        chunk = WORD_CHUNK
+        while True:
+            pieces = self.bpe(mapped[:chunk]).split(" ")
+            if chunk >= len(mapped):
+                return pieces
+            if len(pieces) >= needed + BOUNDARY_MARGIN:
+                return pieces[:needed]
+            chunk *= 2
 
     def encode(self, text: str, max_ids: int | None = None) -> list[int]:
         """Token ids of `text` without start/end tokens, exactly as the reference `encode`.
@@ -127,7 +156,8 @@ class ClipTokenizer:
         ids: list[int] = []
         for match in _PATTERN.finditer(clean_text(text)):
             mapped = "".join(self.byte_encoder[b] for b in match.group().encode("utf-8"))
-            ids.extend(self.encoder[piece] for piece in self.bpe(mapped).split(" "))
+            needed = max_ids - len(ids) if max_ids is not None else len(mapped)
+            ids.extend(self.encoder[piece] for piece in self._pieces(mapped, needed))
             if max_ids is not None and len(ids) >= max_ids:
                 return ids[:max_ids]
         return ids

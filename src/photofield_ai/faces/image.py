@@ -7,15 +7,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from photofield_ai.clip.preprocess import (
+from photofield_ai.imaging.decode import (
     SUPPORTED_FORMATS,
+    DecodeLimits,
     dct_scale_covering,
-    decode_jpeg_scaled,
-    exif_orientation,
+    decoded_rgb,
     make_upright,
-    open_image,
-    pillow_rgb,
-    upright_size,
 )
 
 # HEIC/HEIF (iPhones) through pillow-heif; AVIF is built into Pillow.
@@ -45,21 +42,17 @@ class WorkingImage:
     original_size: tuple[int, int]  # upright width, height
 
 
-def decode_for_faces(data: bytes, max_pixels: int, working_long_side: int) -> WorkingImage:
+def decode_for_faces(data: bytes, limits: DecodeLimits, working_long_side: int) -> WorkingImage:
     """Decode so that the long side is at least `working_long_side` (or the original's): JPEGs
-    at a libjpeg-turbo DCT scale, anything else with Pillow's draft mode or a resize."""
+    at a DCT scale, anything else in full and then reduced (within the decode budget)."""
     register_heif()
-    im = open_image(data, max_pixels, FACE_FORMATS)
-    orientation = exif_orientation(im)
-    width, height = im.size
-    decoded: Image.Image | None = None
-    if im.format == "JPEG":
-        num, den = dct_scale_covering(max(width, height), working_long_side)
-        scaled = decode_jpeg_scaled(data, im, num, den)
-        if scaled is not None:
-            decoded = scaled[0]
-    if decoded is None:
-        decoded = pillow_rgb(im)
+    with decoded_rgb(
+        data,
+        limits,
+        FACE_FORMATS,
+        dct_scale=lambda w, h: dct_scale_covering(max(w, h), working_long_side),
+    ) as d:
+        decoded = d.rgb
         long_side = max(decoded.size)
         if long_side > 2 * working_long_side:
             factor = working_long_side / long_side
@@ -67,6 +60,6 @@ def decode_for_faces(data: bytes, max_pixels: int, working_long_side: int) -> Wo
                 (max(1, round(decoded.width * factor)), max(1, round(decoded.height * factor))),
                 Image.Resampling.BILINEAR,
             )
-    upright = make_upright(decoded, orientation)
-    original = upright_size(width, height, orientation)
+        upright = make_upright(decoded, d.orientation)
+        original = d.upright_size
     return WorkingImage(upright, upright.width / original[0], original)

@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import numpy.typing as npt
 
+from photofield_ai.imaging.decode import DecodeLimits
 from photofield_ai.runtime.session import NUMPY_TYPES, ModelLoadError, OnnxSession
 
 Kind = Literal["visual", "textual"]
@@ -89,8 +90,8 @@ class ImageEncoder(Encoder):
     kind: ClassVar[Kind] = "visual"
 
     @abstractmethod
-    def preprocess(self, data: bytes, max_pixels: int) -> Array:
-        """Image file bytes → one model input row. Raises clip.preprocess.ImageDecodeError
+    def preprocess(self, data: bytes, limits: DecodeLimits) -> Array:
+        """Image file bytes → one model input row. Raises imaging.errors.ImageDecodeError
         (or a subclass) for what the client sent wrong. Runs in a decode thread."""
 
 

@@ -20,6 +20,7 @@ from photofield_ai.families.base import (
     TextEncoder,
     first_output,
 )
+from photofield_ai.imaging.decode import DecodeLimits
 from photofield_ai.runtime.session import ModelLoadError, OnnxSession
 
 CLIP_VARIANTS_URL = "https://huggingface.co/mlunar/clip-variants/resolve/main/models"
@@ -86,8 +87,8 @@ class ClipImageEncoder(ImageEncoder):
         _batch_axis_is_dynamic(session, shape)
         return _spec(session, family, "visual", shape[2])
 
-    def preprocess(self, data: bytes, max_pixels: int) -> Array:
-        return preprocess_image(data, self.spec.input_size, max_pixels)
+    def preprocess(self, data: bytes, limits: DecodeLimits) -> Array:
+        return preprocess_image(data, self.spec.input_size, limits)
 
     def example_input(self, batch: int) -> Array:
         s = self.spec.input_size

@@ -15,13 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from photofield_ai.clip.preprocess import (
-    ImageDecodeError,
-    exif_orientation,
-    make_upright,
-    open_image,
-    pillow_rgb,
-)
 from photofield_ai.families.base import (
     Array,
     ImageEncoder,
@@ -30,6 +23,8 @@ from photofield_ai.families.base import (
     TextEncoder,
     first_output,
 )
+from photofield_ai.imaging.decode import DecodeLimits, decoded_rgb, make_upright
+from photofield_ai.imaging.errors import ImageDecodeError
 from photofield_ai.runtime.session import ModelLoadError, OnnxSession
 
 START, END, BYTE_OFFSET = 1, 2, 3
@@ -63,14 +58,15 @@ class ToyImageEncoder(ImageEncoder):
             raise ModelLoadError(f"{session.path}: toy image input must be [batch, 3, S, S]")
         return _spec(session, family, cls)
 
-    def preprocess(self, data: bytes, max_pixels: int) -> Array:
-        im = open_image(data, max_pixels)
-        rgb = make_upright(pillow_rgb(im), exif_orientation(im))
+    def preprocess(self, data: bytes, limits: DecodeLimits) -> Array:
         s = self.spec.input_size
-        try:
-            squashed = rgb.resize((s, s), Image.Resampling.BILINEAR)
-        except (OSError, ValueError) as exc:
-            raise ImageDecodeError(f"cannot resize image: {exc}") from None
+        with decoded_rgb(data, limits) as d:
+            try:
+                squashed = make_upright(d.rgb, d.orientation).resize(
+                    (s, s), Image.Resampling.BILINEAR
+                )
+            except (OSError, ValueError) as exc:
+                raise ImageDecodeError(f"cannot resize image: {exc}") from None
         pixels = np.asarray(squashed, dtype=np.float32).transpose(2, 0, 1)
         return np.ascontiguousarray((pixels / 255.0 - 0.5) / 0.5, dtype=np.float32)
 

@@ -1,4 +1,5 @@
-"""How many CPUs this process may really use: what the default thread layout is sized by.
+"""How many CPUs this process may really use, and how much memory: what the default thread
+layout and the decode memory budget are sized by.
 
 The host's core count is the wrong answer in a container: a CPU set narrows it (visible in the
 affinity mask), and a CPU quota (`docker --cpus`, a Kubernetes CPU limit) caps it without
@@ -43,3 +44,20 @@ def usable_cpus(root: Path = CGROUP_ROOT) -> int:
     if quota is not None:
         cpus = min(cpus, math.ceil(quota))
     return max(1, cpus)
+
+
+def total_memory_bytes(root: Path = CGROUP_ROOT) -> int:
+    """Physical memory, capped by a cgroup memory limit (v2 `memory.max`, v1
+    `memory.limit_in_bytes`): a container's, not the host's."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        total = 8 << 30
+    for limit_file in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
+        try:
+            text = limit_file.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total

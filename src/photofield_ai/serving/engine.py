@@ -17,11 +17,14 @@ from typing import Generic, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
+from PIL import Image
 
 from photofield_ai.batcher import BatchPolicy, DynamicBatcher, PriorityGate
 from photofield_ai.batcher.batcher import RunBatch
 from photofield_ai.config import Settings
 from photofield_ai.families import Encoder, ImageEncoder, ModelSpec, TextEncoder
+from photofield_ai.imaging.budget import DecodeBudget
+from photofield_ai.imaging.decode import DecodeLimits
 from photofield_ai.metrics import Metrics
 from photofield_ai.runtime.threads import lowered_executor
 from photofield_ai.serving import layout
@@ -124,6 +127,13 @@ class Engine:
         self.decode_threads = lowered_executor(
             settings.indexing_nice, settings.decode_threads, "image-decode"
         )
+        # Every decode (embeddings and faces) is admitted against one memory budget. Pillow's
+        # own decompression-bomb threshold follows our limit, which is checked first (so its
+        # warning never fires for an image we accept).
+        self.decode_limits = DecodeLimits(
+            settings.max_image_pixels, DecodeBudget(layout.decode_budget_bytes(settings))
+        )
+        Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         # Tokenizing is search work: never queued behind image decodes.
         self.tokenize_limiter = anyio.CapacityLimiter(layout.TOKENIZE_THREADS)
         self.ready = False
@@ -194,6 +204,10 @@ class Engine:
                 self.settings.face_max_faces,
             )
             log.info("Face detection and recognition ready")
+
+    def start_draining(self) -> None:
+        """Readiness turns false; requests are still served until the batchers close."""
+        self.draining = True
 
     async def close(self) -> None:
         """Stop taking work; let queued and running batches finish within the grace period."""

@@ -20,6 +20,7 @@ from photofield_ai.clip.wire import encode_embedding
 from photofield_ai.faces.alignment import align_face, l2_normalize, recognizer_input
 from photofield_ai.faces.detection import Detection, Letterbox, detector_input, postprocess
 from photofield_ai.faces.image import WorkingImage, decode_for_faces
+from photofield_ai.imaging.decode import DecodeLimits
 from photofield_ai.runtime import OnnxSession
 from photofield_ai.serving.loading import detector_output_roles
 
@@ -50,8 +51,8 @@ def recognizer_runner(recognizer: OnnxSession) -> Callable[[np.ndarray], np.ndar
     return run
 
 
-def _prepare(data: bytes, max_pixels: int) -> tuple[WorkingImage, np.ndarray, Letterbox]:
-    working = decode_for_faces(data, max_pixels, WORKING_LONG_SIDE)
+def _prepare(data: bytes, limits: DecodeLimits) -> tuple[WorkingImage, np.ndarray, Letterbox]:
+    working = decode_for_faces(data, limits, WORKING_LONG_SIDE)
     tensor, box = detector_input(working.image)
     return working, tensor, box
 
@@ -101,10 +102,10 @@ class FacePipeline:
         ]
         return detections, crops
 
-    async def find_faces(self, data: bytes, max_pixels: int) -> list[dict[str, Any]]:
+    async def find_faces(self, data: bytes, limits: DecodeLimits) -> list[dict[str, Any]]:
         """The faces of one photo, in the upright original's pixels, best first. Raises
-        clip.preprocess.ImageDecodeError for a photo that cannot be read."""
-        working, tensor, box = await self._in_decode_thread(_prepare, data, max_pixels)
+        imaging.errors.ImageDecodeError for a photo that cannot be read."""
+        working, tensor, box = await self._in_decode_thread(_prepare, data, limits)
         raw = await self.detector.submit(tensor)
         detections, crops = await self._in_decode_thread(self._faces_of, working, raw, box)
         if not detections:

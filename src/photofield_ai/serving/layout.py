@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from photofield_ai.batcher import BatchPolicy
 from photofield_ai.config import Settings
-from photofield_ai.runtime.cpus import usable_cpus
+from photofield_ai.runtime.cpus import total_memory_bytes, usable_cpus
 
 CPU_MAX_BATCH_SIZE = 8
 ACCELERATOR_MAX_BATCH_SIZE = 64
@@ -30,8 +30,14 @@ CPU_VISUAL_THREADS = 1
 # Search before indexing: an image batch waits at most this long for queued text to clear, so
 # that a flood of searches cannot starve indexing.
 SEARCH_FIRST_MAX_WAIT_S = 1.0
-# Texts tokenized at once (anyio worker threads, never queued behind image decodes).
+# The decode memory budget by default: this much, or an eighth of the machine's memory if less
+# (no single image may then raise the memory by more than about this).
+DECODE_BUDGET_MIB = 1024
+# Texts tokenized at once (anyio worker threads, never queued behind image decodes); requests
+# with at most INLINE_TOKENIZE_CHARS characters of text (searches) are tokenized on the event
+# loop instead (a 64-character word costs about 2 ms at worst; clip.tokenizer bounds longer ones).
 TOKENIZE_THREADS = 2
+INLINE_TOKENIZE_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,12 @@ def with_concurrency(policy: BatchPolicy, k: int) -> BatchPolicy:
     return dataclasses.replace(policy, max_concurrent_batches=k)
 
 
+def decode_budget_bytes(settings: Settings) -> int:
+    if settings.decode_memory_mb is not None:
+        return settings.decode_memory_mb << 20
+    return min(DECODE_BUDGET_MIB << 20, max(64 << 20, total_memory_bytes() // 8))
+
+
 def describe_defaults() -> dict[str, str]:
     """The device defaults in words, by setting name."""
     return {
@@ -93,5 +105,8 @@ def describe_defaults() -> dict[str, str]:
         "intra_op_threads": (
             f"CPU: visual {CPU_VISUAL_THREADS}, textual ONNX Runtime's choice (one per physical "
             "core); GPU: ONNX Runtime's choice"
+        ),
+        "decode_memory_mb": (
+            f"{DECODE_BUDGET_MIB}, or an eighth of the memory (a container's limit) if less"
         ),
     }

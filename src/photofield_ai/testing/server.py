@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from starlette.types import ASGIApp
+from starlette.applications import Starlette
 
 
 def free_port() -> int:
@@ -92,28 +93,30 @@ def start_server(
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: ASGIApp, startup_timeout: float = 60) -> Iterator[str]:
-    """Serve an app built in this process with hypercorn on a loopback port, from a thread.
+def serve_in_thread(app: Starlette, startup_timeout: float = 60) -> Iterator[str]:
+    """Serve an app built in this process on a loopback port, from a thread, with the same HTTP
+    server as `photofield-ai serve`.
 
     For tests that must reach inside the server (inject a failing model, a slow one), yet still
     talk to it over real HTTP. Yields the base URL.
     """
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
+    from photofield_ai.api.server import HttpServer
+    from photofield_ai.config import Settings
 
+    engine = app.state.engine
     port = free_port()
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.graceful_timeout = 1.0
+    settings = dataclasses.replace(
+        engine.settings, host="127.0.0.1", port=port, shutdown_grace_s=1.0
+    )
+    assert isinstance(settings, Settings)
+    server = HttpServer(app, settings, engine.metrics, draining=engine.start_draining)
     loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        loop.run_until_complete(server.serve(handle_signals=False))
 
-    thread = threading.Thread(target=run, daemon=True, name="hypercorn-test")
+    thread = threading.Thread(target=run, daemon=True, name="http-test")
     thread.start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + startup_timeout
@@ -124,5 +127,5 @@ def serve_in_thread(app: ASGIApp, startup_timeout: float = 60) -> Iterator[str]:
     try:
         yield url
     finally:
-        loop.call_soon_threadsafe(stop.set)
+        loop.call_soon_threadsafe(server.stop)
         thread.join(30)

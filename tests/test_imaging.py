@@ -1,0 +1,131 @@
+"""imaging/: the decode memory budget, and the cost estimates it admits decodes by, checked
+against the peaks real decodes reach."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from photofield_ai.imaging.budget import DecodeBudget
+from photofield_ai.imaging.decode import dct_scale_covering, decode_cost, open_image
+from photofield_ai.imaging.errors import ImageTooLargeError
+from tests import hostile
+from tests.corpus import png_16bit_rgb
+from tests.images import encode, photo
+
+MIB = 1 << 20
+
+
+def test_budget_admits_in_order_and_refuses_what_never_fits() -> None:
+    budget = DecodeBudget(100)
+    order: list[str] = []
+    with budget.reserve(60):
+
+        def take(name: str, n: int) -> None:
+            with budget.reserve(n):
+                order.append(name)
+
+        big = threading.Thread(target=take, args=("big", 80))
+        big.start()
+        time.sleep(0.05)  # "big" is waiting first ...
+        small = threading.Thread(target=take, args=("small", 10))
+        small.start()
+        time.sleep(0.05)
+        # ... and "small" would fit now, but waits its turn behind "big".
+        assert order == [] and budget.used_bytes == 60
+    big.join(5)
+    small.join(5)
+    assert order == ["big", "small"] and budget.used_bytes == 0
+    with (
+        pytest.raises(ImageTooLargeError, match="more than the decode memory budget"),
+        budget.reserve(101),
+    ):
+        pass
+
+
+def _animated_gif(width: int, height: int) -> bytes:
+    frames = [photo(width, height, seed=i).convert("P") for i in range(2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    return buf.getvalue()
+
+
+def _animated_webp(width: int, height: int) -> bytes:
+    frames = [photo(width, height, seed=i) for i in range(2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], duration=100)
+    return buf.getvalue()
+
+
+W, H = 3000, 2000
+FILES = {
+    "PNG RGB": lambda: encode(photo(W, H), "PNG", compress_level=1),
+    "PNG RGBA": lambda: encode(photo(W, H).convert("RGBA"), "PNG", compress_level=1),
+    "PNG 16-bit": lambda: png_16bit_rgb(W, H),
+    "interlaced PNG": lambda: hostile.interlaced_png(W, H),
+    "WebP": lambda: encode(photo(W, H), "WEBP", quality=80),
+    "animated WebP": lambda: _animated_webp(W, H),
+    "animated GIF": lambda: _animated_gif(W, H),
+    "TIFF": lambda: encode(photo(W, H), "TIFF"),
+    "BMP": lambda: encode(photo(W, H), "BMP"),
+    "CMYK JPEG (Pillow, draft)": lambda: encode(photo(W, H).convert("CMYK"), "JPEG"),
+    "JPEG (libjpeg-turbo)": lambda: encode(photo(W, H), "JPEG"),
+    "MPO": lambda: hostile.mpo(W, H),
+}
+
+_MEASURE = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from photofield_ai.imaging.decode import DecodeLimits, decoded_rgb, dct_scale_covering
+
+    def rss(field):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+
+    data = Path(sys.argv[1]).read_bytes()
+    scale = lambda w, h: dct_scale_covering(min(w, h), 224)
+    with decoded_rgb(data[:], DecodeLimits(), dct_scale=scale) as d:  # warm up the codec
+        pass
+    Path("/proc/self/clear_refs").write_text("5")
+    before = rss("VmRSS")
+    with decoded_rgb(data, DecodeLimits(), dct_scale=scale) as d:
+        d.rgb.resize((224, 224))
+    print(json.dumps({"growth": rss("VmHWM") - before}))
+    """
+)
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_decode_cost_covers_the_measured_peak(name: str, tmp_path: Path) -> None:
+    """The estimate a decode is admitted by is at least what it really takes (its peak RSS
+    over the start, in a fresh process), so the budget bounds memory."""
+    data = FILES[name]()
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    growth = json.loads(result.stdout)["growth"]
+    im = open_image(data, 10**9)
+    jpeg = im.format in ("JPEG", "MPO")
+    estimate = decode_cost(im, dct_scale_covering(min(im.size), 224) if jpeg else None)
+    print(f"{name}: measured {growth / MIB:.1f} MiB, estimate {estimate / MIB:.1f} MiB")
+    assert growth <= estimate
+
+
+def test_the_huge_canvas_webp_is_refused_by_its_estimate() -> None:
+    im = open_image(hostile.webp_with_huge_canvas(), 10**9)
+    assert decode_cost(im) > 1024 * MIB
+    assert isinstance(im, Image.Image)
