@@ -240,8 +240,7 @@ def test_intra_op_threads_reach_the_sessions(
     )
     models = load_models(Settings.from_env(env))
     assert models.visual is not None and models.textual is not None
-    options = models.visual.session.session.get_session_options()
-    assert options.intra_op_num_threads == visual_threads
-    assert (
-        models.textual.session.session.get_session_options().intra_op_num_threads == textual_threads
-    )
+    visual, textual = models.visual.session, models.textual.session
+    assert isinstance(visual, OnnxSession) and isinstance(textual, OnnxSession)
+    assert visual.session.get_session_options().intra_op_num_threads == visual_threads
+    assert textual.session.get_session_options().intra_op_num_threads == textual_threads

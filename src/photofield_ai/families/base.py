@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from photofield_ai.imaging.decode import DecodeLimits
-from photofield_ai.runtime.session import NUMPY_TYPES, ModelLoadError, OnnxSession
+from photofield_ai.runtime.session import NUMPY_TYPES, ModelLoadError, Session
 
 Kind = Literal["visual", "textual"]
 KINDS: tuple[Kind, Kind] = ("visual", "textual")
@@ -52,7 +52,7 @@ class ModelSpec:
         }
 
 
-def first_output(session: OnnxSession) -> tuple[str, str, int | None]:
+def first_output(session: Session) -> tuple[str, str, int | None]:
     """Name, type and last dimension of the session's first output (an embedding model's)."""
     out = session.outputs[0]
     if out.type not in NUMPY_TYPES:
@@ -73,14 +73,14 @@ class Encoder(ABC):
 
     @classmethod
     @abstractmethod
-    def inspect(cls, session: OnnxSession, family: str) -> ModelSpec:
+    def inspect(cls, session: Session, family: str) -> ModelSpec:
         """The spec of `session` if it is a model of this kind, else a one-line ModelLoadError."""
 
     @abstractmethod
     def example_input(self, batch: int) -> Array:
         """A valid batch of `batch` items (warm-up, benchmarks)."""
 
-    def run(self, session: OnnxSession, batch: Array) -> Embeddings:
+    def run(self, session: Session, batch: Array) -> Embeddings:
         """Core and post: one session call on a stacked batch → one embedding row per item,
         in the model's own output dtype (the wire encoding depends on it)."""
         return session.run(batch, [self.spec.output_name])[0]
@@ -121,7 +121,7 @@ class ModelFamily:
     def encoder_class(self, kind: Kind) -> type[Encoder]:
         return self.image if kind == "visual" else self.text
 
-    def inspect(self, session: OnnxSession, kind: Kind) -> ModelSpec:
+    def inspect(self, session: Session, kind: Kind) -> ModelSpec:
         """The spec of a model configured as `kind`; a model of the other kind is named as
         such (the two settings swapped is a common mistake)."""
         try:

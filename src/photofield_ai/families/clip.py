@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from photofield_ai.clip.preprocess import preprocess_image
+from photofield_ai.clip.preprocess import decode_and_crop, preprocess_image
 from photofield_ai.clip.tokenizer import ClipTokenizer
 from photofield_ai.families.base import (
     Array,
@@ -21,7 +21,7 @@ from photofield_ai.families.base import (
     first_output,
 )
 from photofield_ai.imaging.decode import DecodeLimits
-from photofield_ai.runtime.session import ModelLoadError, OnnxSession
+from photofield_ai.runtime.session import ModelLoadError, Session
 
 CLIP_VARIANTS_URL = "https://huggingface.co/mlunar/clip-variants/resolve/main/models"
 # The original README's default URL reads `.../main/modelclip-vit-...`: a typo for
@@ -47,12 +47,12 @@ def default_models(accelerated: bool) -> DefaultModels:
     )
 
 
-def _batch_axis_is_dynamic(session: OnnxSession, shape: list[int | str | None]) -> None:
+def _batch_axis_is_dynamic(session: Session, shape: list[int | str | None]) -> None:
     if isinstance(shape[0], int) and shape[0] != 1:
         raise ModelLoadError(f"{session.path}: batch axis must be dynamic, found {shape[0]}")
 
 
-def _spec(session: OnnxSession, family: str, kind: str, size: int) -> ModelSpec:
+def _spec(session: Session, family: str, kind: str, size: int) -> ModelSpec:
     name, out_type, dim = first_output(session)
     return ModelSpec(
         family,
@@ -67,31 +67,54 @@ def _spec(session: OnnxSession, family: str, kind: str, size: int) -> ModelSpec:
     )
 
 
+PIXELS = "tensor(uint8)"
+
+
+def _square_side(shape: list[int | str | None], height: int, width: int) -> int | None:
+    side = shape[height]
+    return side if isinstance(side, int) and side == shape[width] else None
+
+
 class ClipImageEncoder(ImageEncoder):
+    """Two input layouts: the clip-variants files' normalized float [batch, 3, S, S] (the CPU
+    normalizes), or uint8 RGB pixels [batch, S, S, 3] for a model that normalizes itself (the
+    CPU neither computes nor copies float pixels; a quarter of the bytes per item)."""
+
     @classmethod
-    def inspect(cls, session: OnnxSession, family: str) -> ModelSpec:
+    def inspect(cls, session: Session, family: str) -> ModelSpec:
         shape = session.input_shape
-        if (
-            len(shape) != 4
-            or shape[1] != 3
-            or not isinstance(shape[2], int)
-            or shape[2] != shape[3]
-        ):
-            raise ModelLoadError(
-                f"{session.path}: visual input must be [batch, 3, S, S], found {shape}"
-            )
-        if session.input_type not in ("tensor(float)", "tensor(float16)"):
-            raise ModelLoadError(
-                f"{session.path}: visual input must be float, not {session.input_type}"
-            )
+        if session.input_type == PIXELS:
+            side = _square_side(shape, 1, 2) if len(shape) == 4 and shape[3] == 3 else None
+            if side is None:
+                raise ModelLoadError(
+                    f"{session.path}: uint8 visual input must be [batch, S, S, 3], found {shape}"
+                )
+        else:
+            side = _square_side(shape, 2, 3) if len(shape) == 4 and shape[1] == 3 else None
+            if side is None:
+                raise ModelLoadError(
+                    f"{session.path}: visual input must be [batch, 3, S, S], found {shape}"
+                )
+            if session.input_type not in ("tensor(float)", "tensor(float16)"):
+                raise ModelLoadError(
+                    f"{session.path}: visual input must be float or uint8, not {session.input_type}"
+                )
         _batch_axis_is_dynamic(session, shape)
-        return _spec(session, family, "visual", shape[2])
+        return _spec(session, family, "visual", side)
+
+    @property
+    def takes_pixels(self) -> bool:
+        return self.spec.input_type == PIXELS
 
     def preprocess(self, data: bytes, limits: DecodeLimits) -> Array:
+        if self.takes_pixels:
+            return decode_and_crop(data, self.spec.input_size, limits)
         return preprocess_image(data, self.spec.input_size, limits)
 
     def example_input(self, batch: int) -> Array:
         s = self.spec.input_size
+        if self.takes_pixels:
+            return np.zeros((batch, s, s, 3), dtype=np.uint8)
         return np.zeros((batch, 3, s, s), dtype=np.float32)
 
 
@@ -101,7 +124,7 @@ class ClipTextEncoder(TextEncoder):
         self.tokenizer = ClipTokenizer.from_package()
 
     @classmethod
-    def inspect(cls, session: OnnxSession, family: str) -> ModelSpec:
+    def inspect(cls, session: Session, family: str) -> ModelSpec:
         shape = session.input_shape
         if (
             len(shape) != 2

@@ -25,15 +25,13 @@ from photofield_ai.families.base import (
 )
 from photofield_ai.imaging.decode import DecodeLimits, decoded_rgb, make_upright
 from photofield_ai.imaging.errors import ImageDecodeError
-from photofield_ai.runtime.session import ModelLoadError, OnnxSession
+from photofield_ai.runtime.session import ModelLoadError, Session
 
 START, END, BYTE_OFFSET = 1, 2, 3
 VOCAB = 256 + BYTE_OFFSET
 
 
-def _spec(
-    session: OnnxSession, family: str, encoder: type[ImageEncoder | TextEncoder]
-) -> ModelSpec:
+def _spec(session: Session, family: str, encoder: type[ImageEncoder | TextEncoder]) -> ModelSpec:
     name, out_type, dim = first_output(session)
     size = session.input_shape[-1]
     assert isinstance(size, int)
@@ -52,7 +50,7 @@ def _spec(
 
 class ToyImageEncoder(ImageEncoder):
     @classmethod
-    def inspect(cls, session: OnnxSession, family: str) -> ModelSpec:
+    def inspect(cls, session: Session, family: str) -> ModelSpec:
         shape = session.input_shape
         if len(shape) != 4 or shape[1:2] != [3] or not isinstance(shape[3], int):
             raise ModelLoadError(f"{session.path}: toy image input must be [batch, 3, S, S]")
@@ -77,7 +75,7 @@ class ToyImageEncoder(ImageEncoder):
 
 class ToyTextEncoder(TextEncoder):
     @classmethod
-    def inspect(cls, session: OnnxSession, family: str) -> ModelSpec:
+    def inspect(cls, session: Session, family: str) -> ModelSpec:
         shape = session.input_shape
         if len(shape) != 2 or session.input_type != "tensor(int64)":
             raise ModelLoadError(f"{session.path}: toy text input must be [batch, n] int64")

@@ -14,6 +14,7 @@ GPU_PROVIDERS = frozenset(
         "DmlExecutionProvider",
         "CoreMLExecutionProvider",
         "OpenVINOExecutionProvider",
+        "SimulatedAccelerator",  # runtime.simulated: benchmarks and tests only
     }
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +64,25 @@ def open_session(
         text = str(exc).strip()
         first_line = text.splitlines()[0] if text else type(exc).__name__
         raise ModelLoadError(f"cannot load model {path}: {first_line}") from None
+
+
+class Session(Protocol):
+    """What everything above the runtime uses of a loaded model (OnnxSession, and the
+    simulated accelerator's SimulatedSession)."""
+
+    path: Any
+    input_name: str
+    input_shape: list[int | str | None]
+    input_type: str
+    outputs: Any
+    providers: list[str]
+
+    @property
+    def dynamic_batch(self) -> bool: ...
+
+    def run(
+        self, batch: Array, output_names: list[str] | None = None
+    ) -> list[npt.NDArray[np.floating]]: ...
 
 
 class OnnxSession:

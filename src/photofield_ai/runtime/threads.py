@@ -39,6 +39,28 @@ def lower_current_thread(increment: int) -> bool:
     return True
 
 
+_PR_SET_NAME = 15
+
+
+def name_native_thread(name: str) -> None:
+    """Give the calling thread its name in the OS too (Linux: 15 characters), so `top -H`,
+    `ps -L` and per-thread CPU accounting show what each thread is for."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _start_worker(increment: int, name: str) -> None:
+    name_native_thread(name)
+    lower_current_thread(increment)
+
+
 def call_in_lowered_thread(increment: int, fn: Callable[[], T]) -> T:
     """`fn()` in a new thread lowered first, so that threads `fn` creates are lowered too."""
     if increment <= 0:
@@ -66,8 +88,8 @@ def lowered_executor(increment: int, max_workers: int, name: str) -> ThreadPoolE
     return ThreadPoolExecutor(
         max_workers=max_workers,
         thread_name_prefix=name,
-        initializer=lower_current_thread,
-        initargs=(increment,),
+        initializer=_start_worker,
+        initargs=(increment, name),
     )
 
 

@@ -20,6 +20,15 @@ from photofield_ai.runtime import (
     select_providers,
 )
 from photofield_ai.runtime.providers import uses_accelerator
+from photofield_ai.runtime.session import Session
+from photofield_ai.runtime.simulated import PROVIDER as SIMULATED_PROVIDER
+from photofield_ai.runtime.simulated import (
+    SimulatedLocationError,
+    SimulatedModel,
+    SimulatedSession,
+    is_simulated,
+)
+from photofield_ai.runtime.simulated import parse as parse_simulated
 from photofield_ai.runtime.threads import call_in_lowered_thread
 from photofield_ai.serving.layout import thread_layout
 
@@ -66,15 +75,23 @@ def choose_models(settings: Settings, providers: list[str]) -> ModelChoice:
     )
 
 
-def _resolve(value: str, settings: Settings, progress: IO[str] | None) -> Path | None:
+ModelLocation = Path | SimulatedModel
+
+
+def _resolve(value: str, settings: Settings, progress: IO[str] | None) -> ModelLocation | None:
     if value.strip().lower() in DISABLED:
         return None
+    if is_simulated(value):
+        try:
+            return parse_simulated(value)
+        except SimulatedLocationError as exc:
+            raise SettingsError(str(exc)) from None
     return resolve_model(value, settings.models_dir, progress)
 
 
 def resolve_models(
     settings: Settings, progress: IO[str] | None = None
-) -> tuple[list[str], Path | None, Path | None]:
+) -> tuple[list[str], ModelLocation | None, ModelLocation | None]:
     """Select providers and turn both model settings into local files (downloading them).
     A model set to `none` is disabled: its endpoint answers 503."""
     available = available_providers()
@@ -86,6 +103,12 @@ def resolve_models(
         log.info(choice.note)
     visual = _resolve(choice.visual, settings, progress)
     textual = _resolve(choice.textual, settings, progress)
+    if any(isinstance(m, SimulatedModel) for m in (visual, textual)):
+        log.warning(
+            "SIMULATED accelerator (%s): the embeddings are not real; for benchmarks and tests",
+            ", ".join(m.location for m in (visual, textual) if isinstance(m, SimulatedModel)),
+        )
+        providers = [SIMULATED_PROVIDER, *providers]
     return providers, visual, textual
 
 
@@ -93,7 +116,7 @@ def resolve_models(
 class LoadedEmbeddingModel:
     """A session and the encoder of its family and kind: everything needed to serve it."""
 
-    session: OnnxSession
+    session: Session
     encoder: Encoder
 
     @property
@@ -116,16 +139,20 @@ class LoadedEmbeddingModel:
 
 
 def load_embedding_model(
-    path: Path,
+    location: ModelLocation,
     providers: list[str],
     kind: Kind,
     family: ModelFamily = FAMILIES["clip"],
     intra_op_threads: int = 0,
     session_type: type[OnnxSession] = OnnxSession,
 ) -> LoadedEmbeddingModel:
-    """Open `path` and check that it is a `kind` model of `family`. `session_type` lets tests
-    slow down or break the session (a subclass) while everything else stays real."""
-    session = session_type(path, providers, intra_op_threads)
+    """Open the model and check that it is a `kind` model of `family`. `session_type` lets
+    tests slow down or break the session (a subclass) while everything else stays real."""
+    session: Session
+    if isinstance(location, SimulatedModel):
+        session = SimulatedSession(location, providers, intra_op_threads)
+    else:
+        session = session_type(location, providers, intra_op_threads)
     return LoadedEmbeddingModel(session, family.encoder(family.inspect(session, kind)))
 
 
@@ -157,7 +184,7 @@ def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedMo
             log.info("The %s model is disabled", kind)
             loaded[kind] = None
             continue
-        log.info("Loading %s model: %s", kind, path)
+        log.info("Loading %s model: %s", kind, getattr(path, "location", path))
         # Indexing models are built in a lowered thread: their intra-op pools inherit it.
         loaded[kind] = call_in_lowered_thread(
             settings.indexing_nice if kind == "visual" else 0,

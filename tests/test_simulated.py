@@ -1,0 +1,92 @@
+"""The simulated accelerator: a known cost per batch and no CPU, reachable only on purpose."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from photofield_ai.clip.wire import decode_embedding
+from photofield_ai.families.clip import ClipImageEncoder
+from photofield_ai.imaging.decode import DecodeLimits
+from photofield_ai.runtime.simulated import (
+    SimulatedLocationError,
+    SimulatedSession,
+    parse,
+)
+from photofield_ai.serving.loading import load_embedding_model
+from tests.conftest import CPU, assert_one_line_error, run_cli, start_server
+from tests.images import jpeg
+
+
+def test_locations_parse_with_defaults_and_reject_mistakes() -> None:
+    visual = parse("simulated://visual")
+    assert (visual.alpha_s, visual.beta_s, visual.output_dim) == pytest.approx((0.001, 3e-5, 512))
+    assert parse(visual.location) == visual
+    text = parse("simulated://textual?alpha_ms=2&beta_ms=0.5&dim=768&dtype=float32")
+    assert (text.alpha_s, text.beta_s, text.output_dim) == pytest.approx((0.002, 5e-4, 768))
+    assert text.output_dtype == "float32"
+    for bad in ("simulated://audio", "simulated://visual?alpha=1", "simulated://visual?dim=x"):
+        with pytest.raises(SimulatedLocationError):
+            parse(bad)
+
+
+def test_a_batch_takes_alpha_plus_beta_b_and_no_cpu() -> None:
+    session = SimulatedSession(parse("simulated://visual?alpha_ms=20&beta_ms=1"), CPU)
+    batch = np.random.default_rng(0).integers(0, 255, (32, 224, 224, 3), dtype=np.uint8)
+    wall, cpu = time.perf_counter(), time.thread_time()
+    (out,) = session.run(batch)
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    assert out.shape == (32, 512) and out.dtype == np.float16
+    assert wall >= 0.020 + 32 * 0.001
+    assert cpu < 0.25 * wall, f"{cpu * 1000:.1f} ms of CPU in a {wall * 1000:.1f} ms call"
+    # Rows follow their items: the same image gives the same row, another image another one.
+    (again,) = session.run(batch[[3, 0]])
+    np.testing.assert_array_equal(again, out[[3, 0]])
+    assert not np.array_equal(out[0], out[1])
+
+
+def test_clip_family_takes_uint8_pixels_from_a_model_that_normalizes_itself() -> None:
+    model = load_embedding_model(parse("simulated://visual"), CPU, "visual")
+    assert isinstance(model.encoder, ClipImageEncoder) and model.encoder.takes_pixels
+    row = model.encoder.preprocess(jpeg(300, 200), DecodeLimits())
+    assert row.shape == (224, 224, 3) and row.dtype == np.uint8
+    assert model.session.providers == ["SimulatedAccelerator"]
+
+
+def test_server_on_simulated_models_says_so(tmp_path: Path) -> None:
+    srv = start_server(
+        tmp_path,
+        None,
+        None,
+        PHOTOFIELD_AI_VISUAL_MODEL="simulated://visual",
+        PHOTOFIELD_AI_TEXTUAL_MODEL="simulated://textual",
+    )
+    try:
+        r = httpx.post(srv.url + "/image-embeddings", files={"image": ("a.jpg", jpeg(256, 192))})
+        assert r.status_code == 200
+        vector = decode_embedding(r.json()["images"][0]["embedding_f16_b64"])
+        assert vector.shape == (512,)
+        t = httpx.post(srv.url + "/text-embeddings", json={"texts": ["hawk"]})
+        assert t.status_code == 200
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'providers="SimulatedAccelerator"' in metrics
+        assert "SIMULATED accelerator" in srv.log()
+        # The accelerator layout: big batches, two in flight.
+        assert "visual: max batch size 64" in srv.log() and "2 batch(es) in flight" in srv.log()
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_bad_simulated_location_is_a_one_line_start_up_error() -> None:
+    result = run_cli(
+        env={
+            "PHOTOFIELD_AI_VISUAL_MODEL": "simulated://visual?alpha_ms=fast",
+            "PHOTOFIELD_AI_RUNTIME": "cpu",
+            "PHOTOFIELD_AI_FACES_ENABLED": "0",
+        }
+    )
+    assert_one_line_error(result, "invalid simulated model")
