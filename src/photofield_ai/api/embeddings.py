@@ -12,11 +12,11 @@ import time
 from typing import Any
 
 import anyio.to_thread
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from photofield_ai.api.errors import ApiError
+from photofield_ai.api.multipart import FilePart
 from photofield_ai.api.requests import (
     describe_part,
     embedding_fields,
@@ -56,15 +56,14 @@ def image_error_status(exc: ImageDecodeError) -> int:
 
 
 async def _preprocess_part(
-    request: Request, encoder: ImageEncoder, index: int, field: str, upload: UploadFile
+    request: Request, encoder: ImageEncoder, index: int, part: FilePart
 ) -> Array:
     engine = engine_of(request)
-    data = await upload.read()
     started = time.perf_counter()
     try:
-        array = await in_decode_thread(request, encoder.preprocess, data, engine.decode_limits)
+        array = await in_decode_thread(request, encoder.preprocess, part.data, engine.decode_limits)
     except ImageDecodeError as exc:
-        where = describe_part(index, field, upload.filename)
+        where = describe_part(index, part.field, part.filename)
         raise ApiError(image_error_status(exc), f"{where}: {exc}") from None
     engine.metrics.preprocess.labels("image").observe(time.perf_counter() - started)
     return array
@@ -72,19 +71,15 @@ async def _preprocess_part(
 
 async def image_embeddings(request: Request) -> Response:
     model = image_model(request)
-    async with read_file_parts(request) as parts:
-        model.batcher.check_room(len(parts))  # refuse before decoding when overloaded
-        arrays = await asyncio.gather(
-            *(
-                _preprocess_part(request, model.encoder, i, field, upload)
-                for i, (field, upload) in enumerate(parts)
-            )
-        )
-        names = [(field, upload.filename) for field, upload in parts]
+    parts = await read_file_parts(request)
+    model.batcher.check_room(len(parts))  # refuse before decoding when overloaded
+    arrays = await asyncio.gather(
+        *(_preprocess_part(request, model.encoder, i, part) for i, part in enumerate(parts))
+    )
     outputs = await unless_disconnected(request, model.batcher.submit_many(arrays))
     images = [
-        {"field": field, "filename": filename, **embedding_fields(output)}
-        for (field, filename), output in zip(names, outputs, strict=True)
+        {"field": part.field, "filename": part.filename, **embedding_fields(output)}
+        for part, output in zip(parts, outputs, strict=True)
     ]
     return JSONResponse({"images": images})
 

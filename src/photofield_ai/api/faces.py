@@ -12,11 +12,11 @@ import asyncio
 import logging
 from typing import Any
 
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from photofield_ai.api.errors import ApiError
+from photofield_ai.api.multipart import FilePart
 from photofield_ai.api.requests import engine_of, read_file_parts
 from photofield_ai.imaging.errors import ImageDecodeError
 from photofield_ai.serving.faces import FacePipeline
@@ -39,23 +39,17 @@ async def head_faces(request: Request) -> Response:
 
 
 async def _one_image(
-    request: Request,
-    pipeline: FacePipeline,
-    index: int,
-    field: str,
-    upload: UploadFile,
-    problems: list[str],
+    request: Request, pipeline: FacePipeline, index: int, part: FilePart, problems: list[str]
 ) -> dict[str, Any]:
     engine = engine_of(request)
-    result: dict[str, Any] = {"field": field, "filename": upload.filename, "faces": []}
-    data = await upload.read()
+    result: dict[str, Any] = {"field": part.field, "filename": part.filename, "faces": []}
     try:
-        result["faces"] = await pipeline.find_faces(data, engine.decode_limits)
+        result["faces"] = await pipeline.find_faces(part.data, engine.decode_limits)
     except ImageDecodeError as exc:
         reason = type(exc).__name__.removesuffix("Error")
         engine.metrics.face_images_unreadable.labels(reason).inc()
-        problems.append(f"image {index} ({upload.filename!r}): {exc}")
-        log.info("/faces: image %d (%r) unreadable: %s", index, upload.filename, exc)
+        problems.append(f"image {index} ({part.filename!r}): {exc}")
+        log.info("/faces: image %d (%r) unreadable: %s", index, part.filename, exc)
         return result
     engine.metrics.faces_per_image.observe(len(result["faces"]))
     return result
@@ -64,13 +58,10 @@ async def _one_image(
 async def faces(request: Request) -> Response:
     pipeline = face_pipeline(request)
     problems: list[str] = []
-    async with read_file_parts(request) as parts:
-        images = await asyncio.gather(
-            *(
-                _one_image(request, pipeline, i, field, upload, problems)
-                for i, (field, upload) in enumerate(parts)
-            )
-        )
+    parts = await read_file_parts(request)
+    images = await asyncio.gather(
+        *(_one_image(request, pipeline, i, part, problems) for i, part in enumerate(parts))
+    )
     headers = {ERROR_HEADER: header_value("; ".join(problems))} if problems else {}
     return JSONResponse({"images": images}, headers=headers)
 

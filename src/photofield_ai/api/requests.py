@@ -5,9 +5,8 @@ embedding fields of the Photofield wire format."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -16,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
 from photofield_ai.api.errors import ApiError
+from photofield_ai.api.multipart import FilePart, parse_file_parts
 from photofield_ai.clip.wire import encode_embedding
 from photofield_ai.families import ImageEncoder, TextEncoder
 from photofield_ai.serving.engine import Engine, ServedEmbeddingModel
@@ -83,8 +83,7 @@ def describe_part(index: int, field: str, filename: str | None) -> str:
     return f"image {index} (field {field!r}, filename {filename!r})"
 
 
-@contextlib.asynccontextmanager
-async def read_file_parts(request: Request) -> AsyncIterator[list[tuple[str, UploadFile]]]:
+async def read_file_parts(request: Request) -> list[FilePart]:
     """The request's file parts, in order (every file part is an image, whatever its field
     name). Anything else in the body is the client's mistake: 4xx."""
     content_type = request.headers.get("content-type", "")
@@ -95,6 +94,20 @@ async def read_file_parts(request: Request) -> AsyncIterator[list[tuple[str, Upl
             f"got Content-Type {content_type or 'none'!r}",
         )
     limit = engine_of(request).settings.max_images_per_request
+    parts = parse_file_parts(await request.body(), content_type, limit)
+    if parts is None:
+        parts = await _parse_any_multipart(request, limit)
+    if not parts:
+        raise ApiError(
+            400,
+            "no image files in the request; send each image as a file part "
+            "(Photofield uses the field name 'image')",
+        )
+    return parts
+
+
+async def _parse_any_multipart(request: Request, limit: int) -> list[FilePart]:
+    """Starlette's general parser, for whatever the fast path does not take."""
     try:
         form = await request.form(max_files=limit, max_fields=limit)
     except HTTPException as exc:
@@ -104,19 +117,13 @@ async def read_file_parts(request: Request) -> AsyncIterator[list[tuple[str, Upl
             ) from None
         raise ApiError(400, f"malformed multipart body: {exc.detail}") from None
     try:
-        parts: list[tuple[str, UploadFile]] = []
+        parts = []
         for field, value in form.multi_items():
             if not isinstance(value, UploadFile):
                 raise ApiError(
                     400, f"form field {field!r} is text, not a file; send images as file parts"
                 )
-            parts.append((field, value))
-        if not parts:
-            raise ApiError(
-                400,
-                "no image files in the request; send each image as a file part "
-                "(Photofield uses the field name 'image')",
-            )
-        yield parts
+            parts.append(FilePart(field, value.filename, await value.read()))
+        return parts
     finally:
         await form.close()
