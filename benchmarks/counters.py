@@ -43,9 +43,8 @@ class ServerCounters:
             values.get("photofield_ai_inference_seconds_sum", 0.0),
             values.get("photofield_ai_batch_size_sum", 0.0),
             values.get("photofield_ai_batch_size_count", 0.0),
-            process_cpu_s(server.process.pid),
-            # the main thread runs the event loop (uvicorn + the handlers)
-            process_cpu_s(server.process.pid, server.process.pid),
+            tree_cpu_s(server.process.pid),
+            http_loop_cpu_s(server.process.pid),
         )
 
     def since(self, before: ServerCounters) -> Activity:
@@ -97,6 +96,55 @@ class Activity:
 def _combine(a: float | None, b: float | None, sign: int) -> float | None:
     """a + sign·b for CPU times that some platforms cannot read (None)."""
     return None if a is None or b is None else a + sign * b
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started by `pid`, and theirs (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds of a server and every process it started (the multi-process server's
+    supervisor, inference process and workers)."""
+    times = [process_cpu_s(p) for p in (pid, *descendants(pid))]
+    return None if times[0] is None else sum(t for t in times if t is not None)
+
+
+def http_loop_cpu_s(pid: int) -> float | None:
+    """CPU seconds of the threads that run HTTP event loops: the server's main thread, or
+    every worker's (its main thread is named worker-N) in the multi-process server."""
+    workers = [p for p in descendants(pid) if _comm(p).startswith("worker-")]
+    if not workers:
+        return process_cpu_s(pid, pid)
+    times = [process_cpu_s(p, p) for p in workers]
+    return sum(t for t in times if t is not None)
+
+
+def inference_process_cpu_s(pid: int) -> float:
+    """CPU seconds of the multi-process server's inference process (0 in-process)."""
+    times = [process_cpu_s(p) for p in descendants(pid) if _comm(p) == "inference"]
+    return sum(t for t in times if t is not None)
 
 
 def process_cpu_s(pid: int, thread: int | None = None) -> float | None:

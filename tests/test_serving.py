@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import httpx
@@ -73,14 +74,17 @@ def test_batch_policy_defaults_and_overrides() -> None:
 
 
 def test_device_defaults_are_described_from_the_constants() -> None:
+    """Every setting whose default is the device's (None, no words of its own) is described
+    by layout, from the constants it uses."""
     words = layout.describe_defaults()
-    assert set(words) == {
-        "max_batch_size",
-        "batch_timeout_ms",
-        "max_concurrent_batches",
-        "intra_op_threads",
-        "decode_memory_mb",
+    device_defaulted = {
+        f.name
+        for f in dataclasses.fields(Settings)
+        if f.default is None
+        and not f.metadata.get("default_words")
+        and f.name not in ("visual_model", "textual_model")
     }
+    assert set(words) == device_defaulted
     assert str(layout.CPU_MAX_BATCH_SIZE) in words["max_batch_size"]
     assert str(layout.ACCELERATOR_MAX_BATCH_SIZE) in words["max_batch_size"]
 

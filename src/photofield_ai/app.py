@@ -33,10 +33,13 @@ ROUTES = [
 ]
 
 
-def create_app(settings: Settings, models: LoadedModels | None) -> Starlette:
-    """The ASGI app. With `models=None` it serves 503 on the model endpoints (tests, and a
-    server whose models are absent). `app.state.engine` is what the HTTP server drains."""
-    engine = Engine(settings, models, Metrics())
+def create_app(
+    settings: Settings, models: LoadedModels | None, engine: Engine | None = None
+) -> Starlette:
+    """The ASGI app over an engine: by default one serving `models` in this process (with
+    `models=None` the model endpoints answer 503: tests, a server whose models are absent);
+    an HTTP worker passes its RemoteEngine. `app.state.engine` is what the server drains."""
+    engine = engine or Engine(settings, models, Metrics())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

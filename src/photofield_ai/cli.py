@@ -9,26 +9,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from photofield_ai import __version__
 from photofield_ai.config import Settings, SettingsError
 from photofield_ai.fetch import ModelResolutionError
+from photofield_ai.logs import configure_logging
 from photofield_ai.memory import tune_malloc
-from photofield_ai.runtime import ModelLoadError, ProviderError
+from photofield_ai.serving.loading import STARTUP_ERRORS
 
 log = logging.getLogger("photofield_ai")
-STARTUP_ERRORS = (SettingsError, ModelResolutionError, ModelLoadError, ProviderError)
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _fail(message: str) -> int:
@@ -48,17 +42,23 @@ def _check_bindable(host: str, port: int) -> None:
 def serve(settings: Settings) -> int:
     from photofield_ai.api.server import HttpServer
     from photofield_ai.app import create_app
-    from photofield_ai.serving.loading import load_models
+    from photofield_ai.serving.layout import workers
+    from photofield_ai.serving.loading import accelerated, load_models
 
     try:
         _check_bindable(settings.host, settings.port)
     except OSError as exc:
         return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+    count = workers(settings, accelerated(settings))
+    if count > 1:
+        from photofield_ai.serving import inference
+        from photofield_ai.supervisor import Supervisor
+
+        return Supervisor(settings, count, run_worker, inference.main).run()
     models = load_models(settings)
     app = create_app(settings, models)
     engine = app.state.engine
     server = HttpServer(app, settings, engine.metrics, draining=engine.start_draining)
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     log.info("Listening on %s:%d", settings.host, settings.port)
     try:
         server.run()
@@ -66,6 +66,31 @@ def serve(settings: Settings) -> int:
         return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
     log.info("Stopped")
     return 0
+
+
+def run_worker(settings: Settings, worker: int, socket_path: str, slab: str) -> None:
+    """One HTTP worker process of the multi-process server (started by the supervisor)."""
+    from photofield_ai.api.server import HttpServer, reuse_port_socket
+    from photofield_ai.app import create_app
+    from photofield_ai.metrics import Metrics
+    from photofield_ai.runtime.threads import name_native_thread
+    from photofield_ai.serving.remote import RemoteEngine
+
+    tune_malloc()
+    configure_logging(settings.log_level)
+    name_native_thread(f"worker-{worker}")
+    # Ctrl-C reaches the whole process group; the supervisor turns it into SIGUSR2.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    engine = RemoteEngine(settings, Metrics(), Path(socket_path), str(worker), slab)
+    app = create_app(settings, None, engine)
+    HttpServer(
+        app,
+        settings,
+        engine.metrics,
+        draining=engine.start_draining,
+        sockets=[reuse_port_socket(settings.host, settings.port)],
+        signals={signal.SIGTERM: settings.shutdown_delay_s, signal.SIGUSR2: 0.0},
+    ).run()
 
 
 def download(settings: Settings) -> int:
@@ -120,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
     except SettingsError as exc:
         return _fail(str(exc))
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     try:
         return serve(settings) if args.command == "serve" else download(settings)
     except STARTUP_ERRORS as exc:

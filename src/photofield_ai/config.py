@@ -146,10 +146,10 @@ class Settings:
         "nice increment (0–19) of the threads that decode images and run the image and face "
         "models, so that searches win the cores; 0: same priority as search",
     )
-    decode_threads: int = setting(
-        help="images decoded at once",
-        factory=lambda: max(2, os.cpu_count() or 2),
-        default_words="CPU count (≥ 2)",
+    decode_threads: int | None = setting(help="images decoded at once (per worker process)")
+    workers: int | None = setting(
+        help="HTTP worker processes; above 1, they share one inference process (the sessions "
+        "and batchers, so batches form across workers) through shared memory"
     )
     # Connections and shutdown.
     header_timeout_s: float = setting(

@@ -7,6 +7,7 @@ change rather than counted up and down.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -14,12 +15,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    Info,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 NAMESPACE = "photofield_ai"
+# Set (by the supervisor) when several processes serve: every process writes its metrics to
+# files there and any worker's /metrics sums them (prometheus_client's multiprocess mode).
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -53,6 +56,7 @@ class Metrics:
             ["model"],
             namespace=ns,
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.queue_capacity = Gauge(
             "queue_capacity",
@@ -60,6 +64,7 @@ class Metrics:
             ["model"],
             namespace=ns,
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.batch_size = Histogram(
             "batch_size",
@@ -120,7 +125,12 @@ class Metrics:
             registry=r,
         )
         self.batches_in_flight = Gauge(
-            "batches_in_flight", "Session calls running now", ["model"], namespace=ns, registry=r
+            "batches_in_flight",
+            "Session calls running now",
+            ["model"],
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.http_requests = Counter(
             "http_requests",
@@ -130,10 +140,18 @@ class Metrics:
             registry=r,
         )
         self.http_in_flight = Gauge(
-            "http_requests_in_flight", "HTTP requests being handled now", namespace=ns, registry=r
+            "http_requests_in_flight",
+            "HTTP requests being handled now",
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.http_connections = Gauge(
-            "http_connections", "Open client connections", namespace=ns, registry=r
+            "http_connections",
+            "Open client connections",
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.http_connections_closed = Counter(
             "http_connections_closed",
@@ -180,7 +198,15 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
-        self.model_info = Info("model", "Loaded models", ["model"], namespace=ns, registry=r)
+        # A gauge of 1 rather than an Info (same exposition line; Info has no multiprocess mode).
+        self.model_info = Gauge(
+            "model_info",
+            "Loaded models (1 per model, with what it is in the labels)",
+            ["input_size", "input_type", "model", "output_type", "path", "providers"],
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
     def for_batcher(self, model: str) -> BatcherMetrics:
         return BatcherMetrics(
@@ -199,5 +225,15 @@ class Metrics:
             batches_in_flight=self.batches_in_flight.labels(model),
         )
 
+    def set_model_info(self, model: str, info: dict[str, str]) -> None:
+        self.model_info.labels(model=model, **info).set(1)
+
     def exposition(self) -> tuple[bytes, str]:
+        """This process's metrics, or every process's in multi-process mode."""
+        if os.environ.get(MULTIPROCESS_DIR):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

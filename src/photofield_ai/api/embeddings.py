@@ -29,12 +29,13 @@ from photofield_ai.api.requests import (
 )
 from photofield_ai.families import ImageEncoder
 from photofield_ai.families.base import Array
+from photofield_ai.imaging.decode import declared_pixels
 from photofield_ai.imaging.errors import (
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedImageFormatError,
 )
-from photofield_ai.serving.layout import INLINE_TOKENIZE_CHARS
+from photofield_ai.serving.layout import INLINE_DECODE_PIXELS, INLINE_TOKENIZE_CHARS
 
 
 async def head_image_embeddings(request: Request) -> Response:
@@ -61,7 +62,12 @@ async def _preprocess_part(
     engine = engine_of(request)
     started = time.perf_counter()
     try:
-        array = await in_decode_thread(request, encoder.preprocess, part.data, engine.decode_limits)
+        if engine.decode_inline and (declared_pixels(part.data) or 0) <= INLINE_DECODE_PIXELS:
+            array = encoder.preprocess(part.data, engine.decode_limits)
+        else:
+            array = await in_decode_thread(
+                request, encoder.preprocess, part.data, engine.decode_limits
+            )
     except ImageDecodeError as exc:
         where = describe_part(index, part.field, part.filename)
         raise ApiError(image_error_status(exc), f"{where}: {exc}") from None

@@ -37,6 +37,7 @@ from uvicorn.server import ServerState
 
 from photofield_ai.config import Settings
 from photofield_ai.metrics import Metrics
+from photofield_ai.runtime.threads import run_event_loop
 
 log = logging.getLogger("photofield_ai")
 
@@ -233,6 +234,9 @@ class HttpServer:
     metrics: Metrics
     draining: Callable[[], None]  # tells the app: readiness false from now on
     sockets: list[socket.socket] | None = None
+    # Signal → seconds new connections are still accepted after it (None: the defaults:
+    # SIGTERM waits SHUTDOWN_DELAY_S, SIGINT — Ctrl-C — none).
+    signals: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         self.protocol = protocol_class(self.settings, self.metrics)
@@ -272,29 +276,26 @@ class HttpServer:
 
     def run(self) -> None:
         """Serve on a new event loop (uvloop's where installed) until drained."""
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(self.serve())
-            return
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(self.serve())
+        run_event_loop(self.serve())
 
     async def serve(self, handle_signals: bool = True) -> None:
         if handle_signals:
             loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self._on_signal, signum)
+            # Ctrl-C at a terminal means "now"; SIGTERM comes from an orchestrator that is
+            # still routing requests here for a moment.
+            delays = self.signals or {
+                signal.SIGTERM: self.settings.shutdown_delay_s,
+                signal.SIGINT: 0.0,
+            }
+            for signum, delay in delays.items():
+                loop.add_signal_handler(signum, self._on_signal, signum, delay)
         await self.server.serve(sockets=self.sockets)
 
-    def _on_signal(self, signum: int) -> None:
+    def _on_signal(self, signum: int, delay: float) -> None:
         if self.protocol.draining[0]:  # a second signal: stop now
             log.warning("Received %s again: stopping now", signal.Signals(signum).name)
             self.stop(force=True)
             return
-        # Ctrl-C at a terminal means "now"; SIGTERM comes from an orchestrator that is still
-        # routing requests here for a moment.
-        delay = self.settings.shutdown_delay_s if signum == signal.SIGTERM else 0.0
         log.info(
             "Received %s: draining (readiness is now false; new connections accepted for "
             "%.1f s more, then running requests get %.0f s to finish)",
@@ -303,3 +304,16 @@ class HttpServer:
             self.settings.shutdown_grace_s,
         )
         self.start_draining(delay)
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that other processes may bind too: the kernel spreads connections
+    over the worker processes (Linux SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

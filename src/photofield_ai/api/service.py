@@ -15,7 +15,7 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     engine = engine_of(request)
-    if engine.ready and not engine.draining:
+    if engine.ready:
         return JSONResponse({"status": "ready"})
     reason = "shutting down" if engine.draining else "models are loading"
     return JSONResponse({"status": "not ready", "error": reason}, status_code=503)

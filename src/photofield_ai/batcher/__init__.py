@@ -5,6 +5,7 @@ from photofield_ai.batcher.batcher import (
     BatchFailedError,
     BatchPolicy,
     DynamicBatcher,
+    ModelQueue,
     QueueFullError,
     QueueTimeoutError,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "BatchPolicy",
     "BatcherClosedError",
     "DynamicBatcher",
+    "ModelQueue",
     "PriorityGate",
     "QueueFullError",
     "QueueTimeoutError",

@@ -16,10 +16,10 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
-import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
@@ -46,6 +46,19 @@ class BatchFailedError(Exception):
 
 class BatcherClosedError(Exception):
     """The server is shutting down and takes no new items."""
+
+
+class ModelQueue(Protocol):
+    """What a request handler uses of a model's queue: the in-process DynamicBatcher, or a
+    worker's RemoteBatcher in front of the inference process (serving.remote)."""
+
+    name: str
+
+    def check_room(self, n: int) -> None: ...
+
+    async def submit(self, item: Array) -> Array: ...
+
+    async def submit_many(self, items: Sequence[Array]) -> list[Array]: ...
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,11 @@ class DynamicBatcher:
         self._metrics = metrics
         self._holds = holds  # gate this batcher holds while it has work (text)
         self._yields_to = yields_to  # gate this batcher waits on before a batch (images)
-        self._executor = executor  # threads for the session calls; None: anyio's worker threads
+        # Threads for the session calls: given (the engine's, lowered for indexing), or K of
+        # this batcher's own.
+        self._executor = executor or ThreadPoolExecutor(
+            policy.max_concurrent_batches, thread_name_prefix=f"{name}-inference"
+        )
         self._queue: collections.deque[_Entry] = collections.deque()
         self._changed = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.max_concurrent_batches)
@@ -98,6 +115,7 @@ class DynamicBatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._holding = False
+        self._depth_listeners: list[Callable[[int], None]] = []
 
     # -- public interface -------------------------------------------------------------------
     def start(self) -> None:
@@ -109,6 +127,11 @@ class DynamicBatcher:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    def add_depth_listener(self, listener: Callable[[int], None]) -> None:
+        """Called with the queue depth at every change (the multi-process server publishes it
+        to the HTTP workers)."""
+        self._depth_listeners.append(listener)
 
     @property
     def in_flight(self) -> int:
@@ -169,8 +192,11 @@ class DynamicBatcher:
 
     # -- internals --------------------------------------------------------------------------
     def _queue_changed(self) -> None:
+        depth = len(self._queue)
         if self._metrics:
-            self._metrics.queue_depth.set(len(self._queue))
+            self._metrics.queue_depth.set(depth)
+        for listener in self._depth_listeners:
+            listener(depth)
         self._update_hold()
         self._changed.set()
 
@@ -279,12 +305,9 @@ class DynamicBatcher:
                 m.queue_wait.observe(started - entry.enqueued)
         try:
             items = [e.item for e in batch]
-            if self._executor is None:
-                outputs = await anyio.to_thread.run_sync(self._stack_and_run, items)
-            else:
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._stack_and_run, items
-                )
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._stack_and_run, items
+            )
             if len(outputs) != len(batch):
                 raise RuntimeError(f"model returned {len(outputs)} rows for {len(batch)} items")
         except Exception as exc:

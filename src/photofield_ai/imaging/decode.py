@@ -222,6 +222,17 @@ def open_image(
     return im
 
 
+def declared_pixels(data: bytes) -> int | None:
+    """Width × height from the header alone (tens of microseconds), or None when there is no
+    header Pillow reads: decide where to decode before paying for it."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+    except Exception:  # anything unreadable: the decode itself reports it properly
+        return None
+    return width * height
+
+
 def is_jpeg(im: Image.Image) -> bool:
     return im.format in JPEG_FORMATS
 

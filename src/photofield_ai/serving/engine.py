@@ -9,6 +9,7 @@ applies â€” device defaults, search before indexing, lowered indexing threads â€
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,12 +18,16 @@ from typing import Generic, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
+import numpy as np
 from PIL import Image
 
-from photofield_ai.batcher import BatchPolicy, DynamicBatcher, PriorityGate
+from photofield_ai.batcher import BatchPolicy, DynamicBatcher, ModelQueue, PriorityGate
 from photofield_ai.batcher.batcher import RunBatch
 from photofield_ai.config import Settings
+from photofield_ai.faces.alignment import ALIGNED_SIZE
+from photofield_ai.faces.detection import INPUT_SIZE as DETECTOR_SIZE
 from photofield_ai.families import Encoder, ImageEncoder, ModelSpec, TextEncoder
+from photofield_ai.families.base import Array
 from photofield_ai.imaging.budget import DecodeBudget
 from photofield_ai.imaging.decode import DecodeLimits
 from photofield_ai.metrics import Metrics
@@ -47,7 +52,9 @@ class ModelPlan:
     indexing: bool  # its calls run on lowered threads (runtime.threads)
     search_first: SearchRole | None  # text holds the gate, images yield to it
     info: dict[str, str]
+    example: Callable[[], Array]  # a valid batch of one item
     warmup: Callable[[], None] | None = None
+    spec: ModelSpec | None = None  # embedding models: what the family's pre-step needs
 
 
 E = TypeVar("E", bound=Encoder)
@@ -57,7 +64,7 @@ E = TypeVar("E", bound=Encoder)
 class ServedEmbeddingModel(Generic[E]):
     """An embedding model as the request path sees it: its queue and its family's pre-step."""
 
-    batcher: DynamicBatcher
+    batcher: ModelQueue
     encoder: E
 
     @property
@@ -83,16 +90,24 @@ def plan_models(settings: Settings, models: LoadedModels) -> list[ModelPlan]:
                 indexing=kind == "visual",
                 search_first="yields" if kind == "visual" else "holds",
                 info=loaded.encoder.spec.info(),
+                example=functools.partial(loaded.encoder.example_input, 1),
                 warmup=loaded.warmup,
+                spec=loaded.encoder.spec,
             )
         )
     if models.faces is not None:
-        for name, session, run in (
-            ("face_detector", models.faces.detector, detector_runner(models.faces.detector)),
+        for name, session, run, side in (
+            (
+                "face_detector",
+                models.faces.detector,
+                detector_runner(models.faces.detector),
+                DETECTOR_SIZE,
+            ),
             (
                 "face_recognizer",
                 models.faces.recognizer,
                 recognizer_runner(models.faces.recognizer),
+                ALIGNED_SIZE,
             ),
         ):
             plans.append(
@@ -110,6 +125,7 @@ def plan_models(settings: Settings, models: LoadedModels) -> list[ModelPlan]:
                         "output_type": "",
                         "input_size": str(session.input_shape[-1]),
                     },
+                    example=functools.partial(np.zeros, (1, 3, side, side), np.float32),
                 )
             )
     return plans
@@ -125,8 +141,9 @@ class Engine:
         self.faces: FacePipeline | None = None
         # Image decoding is indexing work: threads at the indexing priority.
         self.decode_threads = lowered_executor(
-            settings.indexing_nice, settings.decode_threads, "image-decode"
+            settings.indexing_nice, layout.decode_threads(settings), "image-decode"
         )
+        self.decode_inline = layout.decode_inline(settings)
         # Every decode (embeddings and faces) is admitted against one memory budget. Pillow's
         # own decompression-bomb threshold follows our limit, which is checked first (so its
         # warning never fires for an image we accept).
@@ -136,19 +153,26 @@ class Engine:
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         # Tokenizing is search work: never queued behind image decodes.
         self.tokenize_limiter = anyio.CapacityLimiter(layout.TOKENIZE_THREADS)
-        self.ready = False
+        self.started = False
         self.draining = False
-        self._batchers: dict[str, DynamicBatcher] = {}
+        self.batchers: dict[str, DynamicBatcher] = {}
+        self.plans: list[ModelPlan] = []
         self._executors: list[ThreadPoolExecutor] = []
 
     async def start(self) -> None:
         """Warm up and start a batcher per model; then the server is ready."""
         if self.models is not None:
             gate = PriorityGate(layout.SEARCH_FIRST_MAX_WAIT_S)
-            for plan in plan_models(self.settings, self.models):
-                self._batchers[plan.name] = await self._serve(plan, gate)
+            self.plans = plan_models(self.settings, self.models)
+            for plan in self.plans:
+                self.batchers[plan.name] = await self._serve(plan, gate)
             self._expose(self.models)
-        self.ready = True
+        self.started = True
+
+    @property
+    def ready(self) -> bool:
+        """Serving, and not draining: what /ready answers."""
+        return self.started and not self.draining
 
     async def _serve(self, plan: ModelPlan, gate: PriorityGate) -> DynamicBatcher:
         if plan.warmup is not None:
@@ -165,14 +189,15 @@ class Engine:
             policy.max_queue,
             f", at nice +{self.settings.indexing_nice}" if plan.indexing else "",
         )
-        self.metrics.model_info.labels(plan.name).info(plan.info)
+        self.metrics.set_model_info(plan.name, plan.info)
         self.metrics.queue_capacity.labels(plan.name).set(policy.max_queue)
-        executor = None
-        if plan.indexing:
-            executor = lowered_executor(
-                self.settings.indexing_nice, policy.max_concurrent_batches, f"{plan.name}-inference"
-            )
-            self._executors.append(executor)
+        # Indexing models run on lowered threads (runtime.threads); search at normal priority.
+        executor = lowered_executor(
+            self.settings.indexing_nice if plan.indexing else 0,
+            policy.max_concurrent_batches,
+            f"{plan.name}-inference",
+        )
+        self._executors.append(executor)
         batcher = DynamicBatcher(
             plan.name,
             plan.run_batch,
@@ -186,7 +211,7 @@ class Engine:
         return batcher
 
     def _expose(self, models: LoadedModels) -> None:
-        b = self._batchers
+        b = self.batchers
         if models.visual is not None:
             assert isinstance(models.visual.encoder, ImageEncoder)
             self.visual = ServedEmbeddingModel(b["visual"], models.visual.encoder)
@@ -211,9 +236,8 @@ class Engine:
 
     async def close(self) -> None:
         """Stop taking work; let queued and running batches finish within the grace period."""
-        self.ready = False
         self.draining = True
-        for batcher in self._batchers.values():
+        for batcher in self.batchers.values():
             await batcher.close(self.settings.shutdown_grace_s)
         for executor in [*self._executors, self.decode_threads]:
             executor.shutdown(wait=False)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from photofield_ai.batcher import DynamicBatcher
+from photofield_ai.batcher import ModelQueue
 from photofield_ai.clip.wire import encode_embedding
 from photofield_ai.faces.alignment import align_face, l2_normalize, recognizer_input
 from photofield_ai.faces.detection import Detection, Letterbox, detector_input, postprocess
@@ -74,8 +74,8 @@ def _describe(
 
 @dataclass
 class FacePipeline:
-    detector: DynamicBatcher  # items [3, 640, 640]; results [N, 16] = loc | conf | landmarks
-    recognizer: DynamicBatcher  # items [3, 112, 112]; results [D] embeddings
+    detector: ModelQueue  # items [3, 640, 640]; results [N, 16] = loc | conf | landmarks
+    recognizer: ModelQueue  # items [3, 112, 112]; results [D] embeddings
     decode_threads: Executor
     score_threshold: float
     max_faces: int

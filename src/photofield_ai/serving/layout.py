@@ -33,6 +33,9 @@ SEARCH_FIRST_MAX_WAIT_S = 1.0
 # The decode memory budget by default: this much, or an eighth of the machine's memory if less
 # (no single image may then raise the memory by more than about this).
 DECODE_BUDGET_MIB = 1024
+# Images up to this many pixels are decoded inline (see decode_inline): a 256-px thumbnail is
+# 49 k; a 1-Mpx JPEG decodes and resizes in a few ms; larger ones always go to a decode thread.
+INLINE_DECODE_PIXELS = 1_000_000
 # Texts tokenized at once (anyio worker threads, never queued behind image decodes); requests
 # with at most INLINE_TOKENIZE_CHARS characters of text (searches) are tokenized on the event
 # loop instead (a 64-character word costs about 2 ms at worst; clip.tokenizer bounds longer ones).
@@ -87,6 +90,34 @@ def with_concurrency(policy: BatchPolicy, k: int) -> BatchPolicy:
     return dataclasses.replace(policy, max_concurrent_batches=k)
 
 
+def workers(settings: Settings, accelerated: bool) -> int:
+    """HTTP worker processes. On a CPU the model is the limit and one process keeps everything
+    in-process (no IPC); with an accelerator the work around the model is, and one event loop
+    per usable CPU carries it (BENCHMARKS.md, "several processes")."""
+    if settings.workers is not None:
+        return settings.workers
+    return usable_cpus() if accelerated else 1
+
+
+def decode_threads(settings: Settings) -> int:
+    """Images decoded at once in one worker: its share of the usable CPUs (at least 2 when
+    there is one worker, so a slow decode never holds up the next)."""
+    if settings.decode_threads is not None:
+        return settings.decode_threads
+    cpus = usable_cpus()
+    count = settings.workers or 1
+    return max(2, cpus) if count == 1 else max(1, -(-cpus // count))
+
+
+def decode_inline(settings: Settings) -> bool:
+    """Decode small images on the event loop itself, not on a decode thread? Yes when one of
+    several worker processes: each has a core of its own, and a thread hop (wake-up, GIL
+    hand-over) per image cost more than it saved — measured with the simulated accelerator,
+    W=2, C=64 thumbnails: 524 vs 352 req/s, 3.7 vs 5.5 ms of CPU per request (BENCHMARKS.md).
+    With one process, decode threads spread decoding over the cores."""
+    return (settings.workers or 1) > 1
+
+
 def decode_budget_bytes(settings: Settings) -> int:
     if settings.decode_memory_mb is not None:
         return settings.decode_memory_mb << 20
@@ -106,6 +137,8 @@ def describe_defaults() -> dict[str, str]:
             f"CPU: visual {CPU_VISUAL_THREADS}, textual ONNX Runtime's choice (one per physical "
             "core); GPU: ONNX Runtime's choice"
         ),
+        "workers": "1 on CPU; with an accelerator, one per usable CPU",
+        "decode_threads": "with one worker, the usable CPUs (at least 2); else CPUs ÷ workers",
         "decode_memory_mb": (
             f"{DECODE_BUDGET_MIB}, or an eighth of the memory (a container's limit) if less"
         ),

@@ -16,6 +16,7 @@ from photofield_ai.fetch import ModelResolutionError, resolve_model
 from photofield_ai.runtime import (
     ModelLoadError,
     OnnxSession,
+    ProviderError,
     available_providers,
     select_providers,
 )
@@ -33,6 +34,13 @@ from photofield_ai.runtime.threads import call_in_lowered_thread
 from photofield_ai.serving.layout import thread_layout
 
 log = logging.getLogger("photofield_ai")
+# Start-up problems a user can fix: one line on stderr and a non-zero exit, never a traceback.
+STARTUP_ERRORS = (
+    SettingsError,
+    ModelResolutionError,
+    ModelLoadError,
+    ProviderError,
+)
 
 DISABLED = frozenset({"none", "off", "disabled"})
 
@@ -76,6 +84,16 @@ def choose_models(settings: Settings, providers: list[str]) -> ModelChoice:
 
 
 ModelLocation = Path | SimulatedModel
+
+
+def accelerated(settings: Settings) -> bool:
+    """Whether the models will run on an accelerator, without loading or fetching anything."""
+    providers = select_providers(settings.runtime, settings.providers, available_providers())
+    simulated = any(
+        value is not None and is_simulated(value)
+        for value in (settings.visual_model, settings.textual_model)
+    )
+    return simulated or uses_accelerator(providers)
 
 
 def _resolve(value: str, settings: Settings, progress: IO[str] | None) -> ModelLocation | None:

@@ -1,0 +1,203 @@
+"""The inference process of the multi-process server: it owns the ONNX Runtime sessions and the
+dynamic batchers (one engine, one CUDA context) and serves the HTTP workers over serving.ipc, so
+that batches form across every worker's requests.
+
+Everything the in-process server does with a queue still holds, because it is the same engine:
+N, T, K and the queue limit per model, search before indexing, queue timeouts, dropping the
+items of a request whose client left (CANCEL), 503 when full. Workers see the queue depth in
+shared memory and refuse early, as the in-process server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+
+import numpy as np
+
+from photofield_ai.batcher import (
+    BatcherClosedError,
+    BatchFailedError,
+    DynamicBatcher,
+    QueueFullError,
+    QueueTimeoutError,
+)
+from photofield_ai.config import Settings
+from photofield_ai.logs import configure_logging
+from photofield_ai.metrics import Metrics
+from photofield_ai.runtime.threads import name_native_thread, run_event_loop
+from photofield_ai.serving import ipc
+from photofield_ai.serving.engine import Engine, ModelPlan
+from photofield_ai.serving.loading import STARTUP_ERRORS, load_models
+
+log = logging.getLogger("photofield_ai")
+
+_STATUS = (
+    (QueueFullError, ipc.QUEUE_FULL),
+    (QueueTimeoutError, ipc.QUEUE_TIMEOUT),
+    (BatcherClosedError, ipc.CLOSED),
+    (BatchFailedError, ipc.FAILED),
+)
+
+
+def _publish(stats: ipc.QueueStats, index: int, depth: int) -> None:
+    stats.depth[index] = depth
+
+
+def remote_model(plan: ModelPlan) -> ipc.RemoteModel:
+    """What a worker needs to know of a served model: item and output layout, from one run."""
+    example = plan.example()
+    output = plan.run_batch(example)
+    return ipc.RemoteModel(
+        plan.name,
+        tuple(example.shape[1:]),
+        str(example.dtype),
+        tuple(output.shape[1:]),
+        str(output.dtype),
+        plan.policy.max_queue,
+        dataclasses.asdict(plan.spec) if plan.spec is not None else None,
+    )
+
+
+def _forget(worker: _Worker, request: int, _task: object) -> None:
+    worker.requests.pop(request, None)
+
+
+@dataclass
+class _Worker:
+    """One connected HTTP worker: its slab, and its requests in progress."""
+
+    shm: SharedMemory
+    writer: asyncio.StreamWriter
+    requests: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+
+
+class InferenceServer:
+    def __init__(self, engine: Engine, socket_path: Path, stats_name: str) -> None:
+        self.engine = engine
+        self.socket_path = socket_path
+        self.stats_name = stats_name
+        self.models: list[ipc.RemoteModel] = []
+        self.batchers: list[DynamicBatcher] = []
+        self._server: asyncio.AbstractServer | None = None
+        self._stats: ipc.QueueStats | None = None
+
+    async def start(self) -> None:
+        self.models = [remote_model(plan) for plan in self.engine.plans]
+        self.batchers = [self.engine.batchers[m.name] for m in self.models]
+        self._stats = stats = ipc.QueueStats.create(self.stats_name, len(self.models))
+        for i, batcher in enumerate(self.batchers):
+            batcher.add_depth_listener(functools.partial(_publish, stats, i))
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._server = await asyncio.start_unix_server(self._serve_worker, str(self.socket_path))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._stats is not None:
+            self._stats.close()
+            with contextlib.suppress(FileNotFoundError):
+                self._stats.shm.unlink()
+
+    async def _serve_worker(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(ipc.welcome(self.models, self.stats_name))
+        try:
+            kind, body = await ipc.read_frame(reader)
+            if kind != ipc.HELLO:
+                return
+            hello = json.loads(body)
+            worker = _Worker(ipc.attach(hello["shm"]), writer)
+        except (asyncio.IncompleteReadError, ConnectionError, FileNotFoundError, ValueError):
+            writer.close()
+            return
+        log.info("Worker %s connected", hello["worker"])
+        try:
+            while True:
+                kind, body = await ipc.read_frame(reader)
+                if kind == ipc.SUBMIT:
+                    request, model, offsets = ipc.read_submit(body)
+                    task = asyncio.get_running_loop().create_task(
+                        self._submit(worker, request, model, offsets)
+                    )
+                    worker.requests[request] = task
+                    task.add_done_callback(functools.partial(_forget, worker, request))
+                elif kind == ipc.CANCEL:
+                    running = worker.requests.get(ipc.read_cancel(body))
+                    if running is not None:
+                        running.cancel()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the worker is gone: its queued items go with it
+        finally:
+            for task in list(worker.requests.values()):
+                task.cancel()
+            if worker.requests:
+                await asyncio.wait(worker.requests.values(), timeout=5)
+            writer.close()
+            worker.shm.close()
+            log.info("Worker %s disconnected", hello["worker"])
+
+    async def _submit(self, worker: _Worker, request: int, index: int, offsets: list[int]) -> None:
+        model, batcher = self.models[index], self.batchers[index]
+        items = [ipc.view(worker.shm, o, model.item_shape, model.item_dtype) for o in offsets]
+        try:
+            outputs = await batcher.submit_many(items)
+        except asyncio.CancelledError:
+            self._reply(worker, ipc.result(request, ipc.CANCELLED))
+            raise
+        except Exception as exc:
+            status = next((s for kind, s in _STATUS if isinstance(exc, kind)), ipc.FAILED)
+            self._reply(worker, ipc.result(request, status, str(exc)))
+            return
+        for offset, row in zip(offsets, outputs, strict=True):
+            out = ipc.view(worker.shm, offset, model.output_shape, model.output_dtype)
+            np.copyto(out, row, casting="unsafe")
+        self._reply(worker, ipc.result(request, ipc.OK))
+
+    @staticmethod
+    def _reply(worker: _Worker, frame: bytes) -> None:
+        if not worker.writer.is_closing():
+            worker.writer.write(frame)
+
+
+def main(settings: Settings, socket_path: str, stats_name: str, ready: Connection) -> None:
+    """The inference process: load, serve the workers until SIGTERM, drain, exit. Tells the
+    supervisor over `ready` when it serves, or why it could not start."""
+
+    configure_logging(settings.log_level)
+    name_native_thread("inference")
+    try:
+        models = load_models(settings)
+    except STARTUP_ERRORS as exc:
+        ready.send(f"error: {exc}")
+        raise SystemExit(1) from None
+
+    async def run() -> None:
+        engine = Engine(settings, models, Metrics())
+        await engine.start()
+        server = InferenceServer(engine, Path(socket_path), stats_name)
+        await server.start()
+        stop = asyncio.Event()
+        # Stopped by the supervisor (SIGTERM) once the workers have drained; Ctrl-C at a
+        # terminal reaches the whole process group and is the supervisor's to interpret.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        ready.send("ready")
+        log.info("Inference process %d serving %s", os.getpid(), ", ".join(engine.batchers))
+        await stop.wait()
+        await engine.close()
+        await server.close()
+
+    run_event_loop(run())

@@ -1,0 +1,193 @@
+"""How HTTP workers and the inference process talk: tensors in shared memory, small frames on a
+Unix socket.
+
+Each worker owns one shared-memory slab, carved into fixed-size slots per model (an item's input,
+and later its output, which overwrites the input once the batch has copied it). A request sends
+one SUBMIT frame naming its slots; the inference process reads the items in place, batches them
+with every other worker's, writes each output row into its item's slot and answers with one
+RESULT frame. Nothing is pickled; a frame is a few dozen bytes. The inference process also
+publishes each model's queue depth in a small shared array, so a worker refuses a request before
+decoding it when the queue is full — as the in-process server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import struct
+from dataclasses import asdict, dataclass
+from multiprocessing import resource_tracker, shared_memory
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+# Frame: u32 length of what follows, u8 type, body.
+HELLO, WELCOME, SUBMIT, RESULT, CANCEL = 1, 2, 3, 4, 5
+_LENGTH = struct.Struct("<I")
+_SUBMIT = struct.Struct("<IHH")  # request id, model index, item count; then u64 offsets
+_RESULT = struct.Struct("<IB")  # request id, status; then an error message (UTF-8)
+_CANCEL = struct.Struct("<I")
+_OFFSET = struct.Struct("<Q")
+
+# RESULT status: what the in-process batcher would have raised.
+OK, QUEUE_FULL, QUEUE_TIMEOUT, CLOSED, FAILED, CANCELLED = range(6)
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """One model the inference process serves, as a worker needs to know it."""
+
+    name: str
+    item_shape: tuple[int, ...]
+    item_dtype: str
+    output_shape: tuple[int, ...]
+    output_dtype: str
+    max_queue: int
+    spec: dict[str, Any] | None  # families.ModelSpec fields for embedding models, else None
+
+    @property
+    def slot_bytes(self) -> int:
+        item = int(np.prod(self.item_shape)) * np.dtype(self.item_dtype).itemsize
+        out = int(np.prod(self.output_shape)) * np.dtype(self.output_dtype).itemsize
+        return max(item, out)
+
+
+def pack(kind: int, body: bytes) -> bytes:
+    return _LENGTH.pack(len(body) + 1) + bytes([kind]) + body
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    frame = await reader.readexactly(length)
+    return frame[0], frame[1:]
+
+
+def hello(worker: str, shm_name: str) -> bytes:
+    return pack(HELLO, json.dumps({"worker": worker, "shm": shm_name}).encode())
+
+
+def welcome(models: list[RemoteModel], stats_name: str) -> bytes:
+    payload = {"models": [asdict(m) for m in models], "stats": stats_name}
+    return pack(WELCOME, json.dumps(payload).encode())
+
+
+def read_welcome(body: bytes) -> tuple[list[RemoteModel], str]:
+    payload = json.loads(body)
+    models = [
+        RemoteModel(
+            m["name"],
+            tuple(m["item_shape"]),
+            m["item_dtype"],
+            tuple(m["output_shape"]),
+            m["output_dtype"],
+            m["max_queue"],
+            m["spec"],
+        )
+        for m in payload["models"]
+    ]
+    return models, payload["stats"]
+
+
+def submit(request: int, model: int, offsets: list[int]) -> bytes:
+    body = _SUBMIT.pack(request, model, len(offsets)) + b"".join(_OFFSET.pack(o) for o in offsets)
+    return pack(SUBMIT, body)
+
+
+def read_submit(body: bytes) -> tuple[int, int, list[int]]:
+    request, model, n = _SUBMIT.unpack_from(body)
+    offsets = [_OFFSET.unpack_from(body, _SUBMIT.size + i * _OFFSET.size)[0] for i in range(n)]
+    return request, model, offsets
+
+
+def result(request: int, status: int, message: str = "") -> bytes:
+    return pack(RESULT, _RESULT.pack(request, status) + message.encode())
+
+
+def read_result(body: bytes) -> tuple[int, int, str]:
+    request, status = _RESULT.unpack_from(body)
+    return request, status, body[_RESULT.size :].decode(errors="replace")
+
+
+def cancel(request: int) -> bytes:
+    return pack(CANCEL, _CANCEL.pack(request))
+
+
+def read_cancel(body: bytes) -> int:
+    return int(_CANCEL.unpack(body)[0])
+
+
+# -- shared memory ---------------------------------------------------------------------------
+def attach(name: str) -> shared_memory.SharedMemory:
+    """Attach to another process's segment without making this process its owner (Python's
+    resource tracker would otherwise unlink it when this process exits)."""
+    shm = shared_memory.SharedMemory(name=name)
+    # Best effort: the tracker is an implementation detail of multiprocessing.
+    with contextlib.suppress(Exception):
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    return shm
+
+
+def view(
+    shm: shared_memory.SharedMemory, offset: int, shape: tuple[int, ...], dtype: str
+) -> npt.NDArray[Any]:
+    return np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf, offset=offset)
+
+
+class SlotPool:
+    """Fixed-size slots of one model in a worker's slab; a request waits for free slots (a
+    worker-local bound on what it has in flight)."""
+
+    def __init__(self, base: int, slot_bytes: int, count: int) -> None:
+        self.base = base
+        self.slot_bytes = slot_bytes
+        self.count = count
+        self._free: collections.deque[int] = collections.deque(
+            base + i * slot_bytes for i in range(count)
+        )
+        self._freed = asyncio.Event()
+
+    @property
+    def end(self) -> int:
+        return self.base + self.slot_bytes * self.count
+
+    @property
+    def available(self) -> int:
+        return len(self._free)
+
+    async def take(self, n: int) -> list[int]:
+        if n > self.count:
+            raise ValueError(f"{n} items, more than the {self.count} slots of this model")
+        while len(self._free) < n:
+            self._freed.clear()
+            await self._freed.wait()
+        return [self._free.popleft() for _ in range(n)]
+
+    def give_back(self, offsets: list[int]) -> None:
+        self._free.extend(offsets)
+        self._freed.set()
+
+
+class QueueStats:
+    """Per model: queue depth, written by the inference process, read by workers."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, models: int) -> None:
+        self.shm = shm
+        self.depth: npt.NDArray[np.int64] = np.ndarray((models,), np.int64, buffer=shm.buf)
+
+    @classmethod
+    def create(cls, name: str, models: int) -> QueueStats:
+        shm = shared_memory.SharedMemory(name=name, create=True, size=max(8, 8 * models))
+        stats = cls(shm, models)
+        stats.depth[:] = 0
+        return stats
+
+    @classmethod
+    def open(cls, name: str, models: int) -> QueueStats:
+        return cls(attach(name), models)
+
+    def close(self) -> None:
+        del self.depth
+        self.shm.close()
