@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import fmt_ms
 from benchmarks.load import LoadResult
-from photofield_ai.testing.server import ServerProcess
+from photofield_ai.testing.server import ServerProcess, descendants, process_name
 
 
 @dataclass(frozen=True)
@@ -98,32 +98,6 @@ def _combine(a: float | None, b: float | None, sign: int) -> float | None:
     return None if a is None or b is None else a + sign * b
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes started by `pid`, and theirs (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 def tree_cpu_s(pid: int) -> float | None:
     """CPU seconds of a server and every process it started (the multi-process server's
     supervisor, inference process and workers)."""
@@ -134,7 +108,7 @@ def tree_cpu_s(pid: int) -> float | None:
 def http_loop_cpu_s(pid: int) -> float | None:
     """CPU seconds of the threads that run HTTP event loops: the server's main thread, or
     every worker's (its main thread is named worker-N) in the multi-process server."""
-    workers = [p for p in descendants(pid) if _comm(p).startswith("worker-")]
+    workers = [p for p in descendants(pid) if process_name(p).startswith("worker-")]
     if not workers:
         return process_cpu_s(pid, pid)
     times = [process_cpu_s(p, p) for p in workers]
@@ -143,7 +117,7 @@ def http_loop_cpu_s(pid: int) -> float | None:
 
 def inference_process_cpu_s(pid: int) -> float:
     """CPU seconds of the multi-process server's inference process (0 in-process)."""
-    times = [process_cpu_s(p) for p in descendants(pid) if _comm(p) == "inference"]
+    times = [process_cpu_s(p) for p in descendants(pid) if process_name(p) == "inference"]
     return sum(t for t in times if t is not None)
 
 

@@ -167,7 +167,13 @@ class Supervisor:
         process.start()
         sender.close()
         self.inference = _Child("the inference process", process, time.monotonic())
-        return self._await_ready(receiver, process) if wait else None
+        if not wait:
+            receiver.close()
+            return None
+        try:
+            return self._await_ready(receiver, process)
+        finally:
+            receiver.close()
 
     def _await_ready(self, receiver: Connection, process: BaseProcess) -> str | None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -181,7 +181,8 @@ def main(settings: Settings, socket_path: str, stats_name: str, ready: Connectio
     try:
         models = load_models(settings)
     except STARTUP_ERRORS as exc:
-        ready.send(f"error: {exc}")
+        with contextlib.suppress(OSError):
+            ready.send(f"error: {exc}")
         raise SystemExit(1) from None
 
     async def run() -> None:
@@ -194,7 +195,8 @@ def main(settings: Settings, socket_path: str, stats_name: str, ready: Connectio
         # terminal reaches the whole process group and is the supervisor's to interpret.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        ready.send("ready")
+        with contextlib.suppress(OSError):  # a restart: nobody waits on the pipe
+            ready.send("ready")
         log.info("Inference process %d serving %s", os.getpid(), ", ".join(engine.batchers))
         await stop.wait()
         await engine.close()

@@ -27,6 +27,33 @@ def free_port() -> int:
         return port
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes started by `pid`, and theirs (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def process_name(pid: int) -> str:
+    """The name a process gave its main thread (`worker-N`, `inference`), else its program."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 @dataclass
 class ServerProcess:
     url: str
@@ -35,6 +62,16 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def workers(self) -> dict[str, int]:
+        """pid by name (`worker-0`, ...) of a multi-process server's HTTP workers."""
+        found = {process_name(p): p for p in descendants(self.process.pid)}
+        return {name: pid for name, pid in found.items() if name.startswith("worker-")}
+
+    def inference_pid(self) -> int | None:
+        return next(
+            (p for p in descendants(self.process.pid) if process_name(p) == "inference"), None
+        )
 
     def stop(self, timeout: float = 60) -> int:
         if self.process.poll() is None:
