@@ -51,6 +51,17 @@ class Row:
         return 1000 * self.inference_cpu_s / n if n else 0.0
 
 
+def simulated_call_s(label: str) -> float:
+    """One batch-1 call of the simulated model the rows of `label` ran on."""
+    kind = "VISUAL" if label == "256-px JPEG" else "TEXTUAL"
+    return parse(SIMULATED[f"PHOTOFIELD_AI_{kind}_MODEL"]).call_seconds(1)
+
+
+def lone_overhead_ms(row: Row) -> float:
+    """C=1 p50 minus the simulated call: the server's own share of a lone request."""
+    return (row.result.percentile(50) - simulated_call_s(row.label)) * 1000
+
+
 def _start(cfg: Config, workers: int) -> ServerProcess:
     if cfg.gpu:
         visual, textual = generate("vit-b-32", "float16", cfg.workdir / "models")
@@ -115,8 +126,9 @@ def _ms(value: float | None) -> str:
 
 
 def _report(cfg: Config, rows: list[Row]) -> list[str]:
-    visual, textual = parse(SIMULATED["PHOTOFIELD_AI_VISUAL_MODEL"]), parse(
-        SIMULATED["PHOTOFIELD_AI_TEXTUAL_MODEL"]
+    visual, textual = (
+        parse(SIMULATED["PHOTOFIELD_AI_VISUAL_MODEL"]),
+        parse(SIMULATED["PHOTOFIELD_AI_TEXTUAL_MODEL"]),
     )
     model = (
         "the GPU, generated ViT-B/32 float16"
@@ -138,15 +150,10 @@ def _report(cfg: Config, rows: list[Row]) -> list[str]:
         "measurement. The load generator shares this machine's cores.",
         "",
     ]
-    call_s = {"256-px JPEG": visual.call_seconds(1), "one text": textual.call_seconds(1)}
     body = []
     for r in sorted(rows, key=lambda r: (r.label, r.concurrency, r.workers)):
         cpu = r.cpu_ms()
-        lone = (
-            f"{(r.result.percentile(50) - call_s[r.label]) * 1000:.2f}"
-            if r.concurrency == 1 and not cfg.gpu
-            else ""
-        )
+        lone = f"{lone_overhead_ms(r):.2f}" if r.concurrency == 1 and not cfg.gpu else ""
         body.append(
             [
                 r.label,

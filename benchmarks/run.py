@@ -1,5 +1,6 @@
-"""The benchmark suite: model-only ceiling, end-to-end HTTP with batching on and off, and search
-latency while a library indexes. Writes a markdown report (BENCHMARKS.md).
+"""The benchmark suite: model-only ceiling, end-to-end HTTP with batching on and off, search
+latency while a library indexes, one process's limit, and accelerator-class throughput with one
+and several processes. Writes a markdown report (BENCHMARKS.md).
 
     make bench                      # CPU, generated ViT-B/32 models, ~16 minutes on 2 cores
     python -m benchmarks.run --gpu  # CUDA + onnxruntime-gpu, float16; sized for < 5 minutes
@@ -18,10 +19,12 @@ from pathlib import Path
 import onnxruntime as ort
 
 from benchmarks import report
+from benchmarks.accelerator import accelerator_table
 from benchmarks.ceiling import model_ceiling
 from benchmarks.common import Config
 from benchmarks.http_tables import http_tables, lone_request_latency, text_under_load
 from benchmarks.process import process_ceiling
+from photofield_ai.runtime.cpus import usable_cpus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,16 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     http_lines, results = http_tables(cfg, dtype, image_conc, text_conc, photo_conc)
     load_lines, _, _ = text_under_load(cfg, dtype, 32 if not args.gpu else 256)
     process_lines = process_ceiling(cfg, 256 if args.gpu else 64)
+    if args.gpu:
+        workers, accelerator_conc = [1, usable_cpus()], [1, 4, 64, 256]
+    else:
+        workers, accelerator_conc = [1, 2], [1, 64] if quick else [1, 4, 64]
+    accelerator_lines, accelerator_rows = accelerator_table(cfg, workers, accelerator_conc)
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     minutes = (time.time() - started) / 60
     report.write(
         args.out,
         report.header(cfg, command, minutes, dtype)
-        + report.summary(ceilings, results, dtype, lone)
+        + report.summary(ceilings, results, dtype, lone, accelerator_rows, args.gpu)
         + ceiling_lines
         + http_lines
         + load_lines
-        + process_lines,
+        + process_lines
+        + accelerator_lines,
     )
     print(f"wrote {args.out}")
     return 0
