@@ -21,8 +21,7 @@ from benchmarks.common import (
 )
 from benchmarks.counters import Activity, ServerCounters, measure, result_row
 from benchmarks.load import LoadResult, Workload, run_load, run_mixed
-from photofield_ai.config import Settings
-from photofield_ai.serving.layout import ThreadLayout, thread_layout
+from photofield_ai.families import KINDS
 from photofield_ai.testing.generate import generate
 from tests.images import jpeg
 
@@ -121,58 +120,61 @@ def http_tables(
 
 @dataclass(frozen=True)
 class LoneRequest:
-    bare_p50_s: float  # one batch-1 call, the server's layout of the visual model
-    default_p50_s: float  # one batch-1 call, ONNX Runtime's default threads
-    layout: ThreadLayout
+    kind: str
+    bare_p50_s: dict[str, float]  # one batch-1 call, by thread layout
     http: LoadResult
     activity: Activity
 
+    @property
+    def best_bare_s(self) -> float:
+        return min(self.bare_p50_s.values())
 
-def lone_request_latency(cfg: Config, dtype: str, rounds: int = 3) -> LoneRequest:
-    """One 256-px JPEG at a time over HTTP vs one bare batch-1 session call, in alternating
-    rounds: measured minutes apart, this VM's drift alone would move the comparison by more
-    than the 5 ms it is about. The bare call is timed both in the server's layout of the visual
-    model and with ONNX Runtime's default threads, so that the layout's cost shows too."""
+
+BARE_LAYOUTS = {"1 thread": 1, "ONNX Runtime's default threads": 0}
+
+
+def lone_request_latency(cfg: Config, dtype: str, rounds: int = 3) -> dict[str, LoneRequest]:
+    """One request at a time over HTTP vs one bare batch-1 session call, in alternating rounds
+    (measured minutes apart, this VM's drift alone would move the comparison by more than the
+    5 ms it is about), for a thumbnail and for a text. The bare call is timed in each thread
+    layout; the target is the best of them."""
     seconds = 1.0 if cfg.quick else 1.5 if cfg.gpu else 3.0
-    thumbs = thumbnails()
-    path = generate("vit-b-32", dtype, cfg.workdir / "models")[0]
-    layout = thread_layout(Settings(), "visual", cfg.gpu)
-    sessions = {
-        "server": bare_model(path, cfg.providers, "visual", layout.intra_op_threads),
-        "default": bare_model(path, cfg.providers, "visual"),
-    }
-    x = sessions["server"].encoder.example_input(1)
-    bare: dict[str, list[float]] = {name: [] for name in sessions}
-    for session in sessions.values():
-        session.run(x)
-    http = LoadResult(1, 0.0)
+    paths = generate("vit-b-32", dtype, cfg.workdir / "models")
     server = start(cfg, dtype)
+    results: dict[str, LoneRequest] = {}
     try:
-        before = ServerCounters.read(server, "visual")
-        for _ in range(rounds):
-            for name, session in sessions.items():
-                stop_at = time.perf_counter() + seconds
-                while (now := time.perf_counter()) < stop_at:
-                    session.run(x)
-                    bare[name].append(time.perf_counter() - now)
-            http.add_window(run_load(server.url, thumbs, 1, 0.5, seconds))
-        activity = ServerCounters.read(server, "visual").since(before)
+        for kind, path, workload in zip(KINDS, paths, (thumbnails(), searches()), strict=True):
+            sessions = {
+                name: bare_model(path, cfg.providers, kind, threads)
+                for name, threads in BARE_LAYOUTS.items()
+            }
+            x = next(iter(sessions.values())).encoder.example_input(1)
+            bare: dict[str, list[float]] = {name: [] for name in sessions}
+            for session in sessions.values():
+                session.run(x)
+            http = LoadResult(1, 0.0)
+            before = ServerCounters.read(server, kind)
+            for _ in range(rounds):
+                for name, session in sessions.items():
+                    stop_at = time.perf_counter() + seconds
+                    while (now := time.perf_counter()) < stop_at:
+                        session.run(x)
+                        bare[name].append(time.perf_counter() - now)
+                http.add_window(run_load(server.url, workload, 1, 0.5, seconds))
+            activity = ServerCounters.read(server, kind).since(before)
+            del sessions
+            results[kind] = LoneRequest(
+                kind, {n: float(np.percentile(v, 50)) for n, v in bare.items()}, http, activity
+            )
+            print(
+                f"lone {kind} request: bare batch-1 call p50 "
+                + ", ".join(f"{fmt_ms(v)} ms ({n})" for n, v in results[kind].bare_p50_s.items())
+                + f"; HTTP C=1 p50 {fmt_ms(http.percentile(50))} ms",
+                flush=True,
+            )
     finally:
         server.stop()
-    result = LoneRequest(
-        float(np.percentile(bare["server"], 50)),
-        float(np.percentile(bare["default"], 50)),
-        layout,
-        http,
-        activity,
-    )
-    print(
-        f"lone request: bare batch-1 call p50 {fmt_ms(result.bare_p50_s)} ms (server layout), "
-        f"{fmt_ms(result.default_p50_s)} ms (default threads); HTTP C=1 p50 "
-        f"{fmt_ms(http.percentile(50))} ms",
-        flush=True,
-    )
-    return result
+    return results
 
 
 def text_under_load(

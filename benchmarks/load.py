@@ -31,6 +31,8 @@ class Workload:
     kind: str  # "image" or "text"
     payloads: tuple[bytes, ...] = ()
     texts: tuple[str, ...] = ()
+    path: str = ""  # default: /image-embeddings or /text-embeddings (/faces takes images too)
+    think_s: float = 0.0  # pause after each answer (a person reading search results)
 
 
 @dataclass
@@ -76,10 +78,20 @@ def encode_requests(host: str, workload: Workload) -> list[bytes]:
                 + data
                 + f"\r\n--{boundary}--\r\n".encode()
             )
-            bodies.append(("/image-embeddings", f"multipart/form-data; boundary={boundary}", body))
+            bodies.append(
+                (
+                    workload.path or "/image-embeddings",
+                    f"multipart/form-data; boundary={boundary}",
+                    body,
+                )
+            )
     else:
         bodies = [
-            ("/text-embeddings", "application/json", json.dumps({"texts": [text]}).encode())
+            (
+                workload.path or "/text-embeddings",
+                "application/json",
+                json.dumps({"texts": [text]}).encode(),
+            )
             for text in workload.texts
         ]
     return [
@@ -160,6 +172,8 @@ async def _run_async(
                         result.latencies.append(done - now)
                     else:
                         result.errors[status] = result.errors.get(status, 0) + 1
+                if workload.think_s:
+                    await asyncio.sleep(workload.think_s)
         finally:
             await connection.close()
 
@@ -193,6 +207,18 @@ def run_load(
     for part in parts:
         total.merge(part)
     return total
+
+
+async def run_together(
+    url: str, loads: list[tuple[Workload, int]], warmup_s: float, measure_s: float
+) -> list[LoadResult]:
+    """Several closed-loop loads at once (Photofield's thumbnails, faces and searches), one
+    result each."""
+    return list(
+        await asyncio.gather(
+            *(_run_async(url, workload, c, warmup_s, measure_s) for workload, c in loads)
+        )
+    )
 
 
 async def run_mixed(

@@ -23,6 +23,7 @@ from benchmarks.accelerator import accelerator_table
 from benchmarks.ceiling import model_ceiling
 from benchmarks.common import Config
 from benchmarks.http_tables import http_tables, lone_request_latency, text_under_load
+from benchmarks.photofield import mixed_load
 from benchmarks.process import process_ceiling
 from photofield_ai.runtime.cpus import usable_cpus
 
@@ -61,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         image_conc, photo_conc, text_conc = [1, 8, 32, 64, 256, 512], [8, 32, 64], [1, 16]
     elif quick:
         dtypes, batch_sizes = ["float32"], [1, 4, 8]
-        image_conc, photo_conc, text_conc = [1, 8], [8], [1]
+        image_conc, photo_conc, text_conc = [1, 4], [8], [1]
     else:
         dtypes, batch_sizes = ["float32", "float16", "quint8"], [1, 2, 4, 8, 16, 32, 64]
-        image_conc, photo_conc, text_conc = [1, 8, 32, 64], [1, 8, 32, 64], [1, 16]
+        image_conc, photo_conc, text_conc = [1, 4, 8, 32, 64], [1, 8, 32, 64], [1, 16]
     started = time.time()
     ceiling_lines, ceilings = model_ceiling(cfg, dtypes, batch_sizes)
     lone = lone_request_latency(cfg, dtype)
@@ -76,17 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         workers, accelerator_conc = [1, 2], [1, 64] if quick else [1, 4, 64]
     accelerator_lines, accelerator_rows = accelerator_table(cfg, workers, accelerator_conc)
+    mixed_lines, mixed = ([], None) if args.gpu else mixed_load(cfg, dtype)
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     minutes = (time.time() - started) / 60
     report.write(
         args.out,
         report.header(cfg, command, minutes, dtype)
-        + report.summary(ceilings, results, dtype, lone, accelerator_rows, args.gpu)
+        + report.summary(ceilings, results, dtype, lone, accelerator_rows, args.gpu, mixed)
         + ceiling_lines
         + http_lines
         + load_lines
         + process_lines
-        + accelerator_lines,
+        + accelerator_lines
+        + mixed_lines,
     )
     print(f"wrote {args.out}")
     return 0

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from photofield_ai.families import Kind
@@ -20,6 +22,20 @@ __all__ = ["ServerProcess", "free_port", "start_server"]
 
 DATA = Path(__file__).parent / "data"
 CPU = ["CPUExecutionProvider"]
+
+
+class FlakySession(OnnxSession):
+    """The real session, plus an injected failure or delay on demand."""
+
+    fail_next = False
+    delay_s = 0.0
+
+    def run(self, batch: np.ndarray, output_names: list[str] | None = None) -> list[np.ndarray]:
+        time.sleep(self.delay_s)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("injected failure")
+        return super().run(batch, output_names)
 
 
 def clip_model(

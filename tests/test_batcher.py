@@ -283,3 +283,28 @@ async def test_a_flood_of_text_cannot_starve_images() -> None:
     assert time.monotonic() - started >= 0.15
     gate.release()
     await visual.close(1)
+
+
+async def test_a_batch_alone_runs_on_the_every_core_layout_and_a_busy_queue_does_not() -> None:
+    """The adaptive layout: a batch that starts with nothing else running or waiting takes
+    `run_alone` (every core); batches of a busy queue take the throughput layout."""
+    busy, alone = SlowModel(delay=0.2), SlowModel(delay=0.2)
+    metrics = Metrics()
+    batcher = DynamicBatcher(
+        "visual",
+        busy,
+        policy(max_concurrent_batches=2, max_batch_size=4),
+        metrics.for_batcher("visual"),
+        run_alone=alone,
+    )
+    batcher.start()
+    assert (await batcher.submit(item(1)))[0] == 2
+    assert (alone.batches, busy.batches) == ([[1.0]], [])
+    # Ten at once: the first two batches start with more waiting, so they take the busy layout;
+    # whatever is left once both are done has the device to itself again.
+    await asyncio.gather(*(batcher.submit(item(i)) for i in range(10)))
+    assert busy.batches[:2] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+    ran = sorted(v for b in busy.batches + alone.batches[1:] for v in b)
+    assert ran == [float(i) for i in range(10)]
+    assert sample(metrics, "photofield_ai_batches_alone_total") == len(alone.batches)
+    await batcher.close(1)

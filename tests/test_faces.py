@@ -14,11 +14,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from photofield_ai.api.faces import ERROR_HEADER
+from photofield_ai.app import create_app
 from photofield_ai.clip.wire import decode_embedding
+from photofield_ai.config import Settings
 from photofield_ai.faces import alignment, detection
+from photofield_ai.runtime import OnnxSession
+from photofield_ai.serving.loading import FaceModels, LoadedModels
+from photofield_ai.testing.face_models import generate as generate_face_models
+from photofield_ai.testing.server import serve_in_thread
 from tests.conftest import (
+    CPU,
+    FlakySession,
     ServerProcess,
     assert_one_line_error,
+    clip_model,
     run_cli,
     start_server,
     tiny_env,
@@ -327,3 +337,64 @@ def test_real_face_models_opt_in(tmp_path: Path, tiny_float32: tuple[Path, Path]
         assert similarity >= 0.98
     finally:
         srv.stop()
+
+
+# -- answered in time ----------------------------------------------------------------------------
+def test_faces_past_the_deadline_are_answered_in_time_with_no_faces(
+    tiny_float32: tuple[Path, Path], face_models: tuple[Path, Path]
+) -> None:
+    """A detector slowed to 1.5 s per call and a 0.5 s deadline: the answer comes at the
+    deadline, 200 with no faces and the reason (Photofield records one photo without faces
+    instead of turning faces off for an hour), counted in a metric."""
+    detector = FlakySession(face_models[0], CPU)
+    detector.delay_s = 1.5
+    models = LoadedModels(
+        CPU,
+        None,
+        clip_model(tiny_float32[1], "textual"),
+        FaceModels(detector, OnnxSession(face_models[1], CPU)),
+    )
+    app = create_app(Settings(faces_deadline_s=0.5), models)
+    with serve_in_thread(app) as url:
+        started = time.monotonic()
+        r = post_faces(url, jpeg(1600, 1200))
+        elapsed = time.monotonic() - started
+        assert r.status_code == 200 and r.json()["images"][0]["faces"] == []
+        assert "not analysed within 0.5 s" in r.headers[ERROR_HEADER]
+        assert elapsed < 1.4, f"answered after {elapsed:.2f} s"
+        metrics = httpx.get(url + "/metrics").text
+        assert "photofield_ai_faces_deadline_exceeded_total 1.0" in metrics
+        detector.delay_s = 0.0
+        time.sleep(1.5)  # the abandoned call still holds the detector's one thread meanwhile
+        again = post_faces(url, jpeg(1600, 1200))
+        assert len(again.json()["images"][0]["faces"]) == 2 and ERROR_HEADER not in again.headers
+
+
+def test_shape_true_face_models_load_and_serve(
+    tmp_path: Path, tiny_float32: tuple[Path, Path]
+) -> None:
+    """The generated RetinaFace / EdgeFace-shaped models have the real files' inputs and
+    outputs: they pass the start-up checks and /faces answers with their 'faces'."""
+    detector, recognizer = generate_face_models(tmp_path / "models")
+    session = OnnxSession(detector, CPU)
+    assert session.input_shape == [1, 3, 640, 640]
+    assert [list(o.shape) for o in session.outputs] == [
+        [1, 16800, 4],
+        [1, 16800, 2],
+        [1, 16800, 10],
+    ]
+    srv = start_server(
+        tmp_path,
+        *tiny_float32,
+        PHOTOFIELD_AI_FACES_ENABLED="1",
+        PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(detector),
+        PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL=str(recognizer),
+    )
+    try:
+        r = post_faces(srv.url, jpeg(4000, 3000))
+        assert r.status_code == 200
+        faces = r.json()["images"][0]["faces"]
+        assert 1 <= len(faces) <= 10
+        assert all(decode_embedding(f["embedding_f16_b64"]).shape == (512,) for f in faces)
+    finally:
+        assert srv.stop() == 0

@@ -19,10 +19,9 @@ import pytest
 from photofield_ai.app import create_app
 from photofield_ai.clip.wire import decode_embedding
 from photofield_ai.config import Settings
-from photofield_ai.runtime import OnnxSession
 from photofield_ai.serving.loading import LoadedModels
 from photofield_ai.testing.server import serve_in_thread
-from tests.conftest import CPU, ServerProcess, clip_model, start_server
+from tests.conftest import CPU, FlakySession, ServerProcess, clip_model, start_server
 from tests.corpus import LIMITS, Case, cases
 from tests.images import jpeg
 
@@ -102,20 +101,6 @@ def test_bad_images_never_fail_other_clients_in_the_same_batch(
 
 
 # -- in-process servers, for faults a real model will not produce on demand ---------------------
-class FlakySession(OnnxSession):
-    """The real session, plus an injected failure or delay on demand."""
-
-    fail_next = False
-    delay_s = 0.0
-
-    def run(self, batch: np.ndarray, output_names: list[str] | None = None) -> list[np.ndarray]:
-        time.sleep(self.delay_s)
-        if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError("injected failure")
-        return super().run(batch, output_names)
-
-
 def flaky_models(models: tuple[Path, Path]) -> tuple[LoadedModels, FlakySession]:
     """The tiny CLIP models, the visual one on a FlakySession."""
     visual = clip_model(models[0], "visual", session_type=FlakySession)

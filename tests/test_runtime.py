@@ -222,25 +222,37 @@ def test_loaded_model_survives_the_crashing_float16_pattern(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("setting", "visual_threads", "textual_threads"), [(None, 1, 0), ("2", 2, 2)]
+    ("env", "threads", "alone_threads"),
+    [
+        # The adaptive layout (default): single-threaded sessions for a busy queue, and a
+        # second session with ONNX Runtime's default threads (0) for a batch alone.
+        ({}, (1, 1), (0, 0)),
+        ({"PHOTOFIELD_AI_ADAPTIVE_LAYOUT": "0"}, (1, 0), (None, None)),
+        ({"PHOTOFIELD_AI_INTRA_OP_THREADS": "2"}, (2, 2), (None, None)),
+    ],
 )
-def test_intra_op_threads_reach_the_sessions(
-    tiny_float32: tuple[Path, Path], setting: str | None, visual_threads: int, textual_threads: int
+def test_thread_settings_reach_the_sessions(
+    tiny_float32: tuple[Path, Path],
+    env: dict[str, str],
+    threads: tuple[int, int],
+    alone_threads: tuple[int | None, int | None],
 ) -> None:
-    """On a CPU by default the visual session is single-threaded (one batch per core) and the
-    textual one gets ONNX Runtime's default (0: one thread per physical core); the setting sets
-    both."""
     from photofield_ai.config import Settings
+    from photofield_ai.runtime.cpus import usable_cpus
     from photofield_ai.serving.loading import load_models
 
-    env = tiny_env(
-        tiny_float32,
-        PHOTOFIELD_AI_FACES_ENABLED="0",
-        **({"PHOTOFIELD_AI_INTRA_OP_THREADS": setting} if setting else {}),
+    if usable_cpus() < 2 and not env:
+        pytest.skip("the adaptive layout needs two CPUs")
+    models = load_models(
+        Settings.from_env(tiny_env(tiny_float32, PHOTOFIELD_AI_FACES_ENABLED="0", **env))
     )
-    models = load_models(Settings.from_env(env))
-    assert models.visual is not None and models.textual is not None
-    visual, textual = models.visual.session, models.textual.session
-    assert isinstance(visual, OnnxSession) and isinstance(textual, OnnxSession)
-    assert visual.session.get_session_options().intra_op_num_threads == visual_threads
-    assert textual.session.get_session_options().intra_op_num_threads == textual_threads
+    for loaded, want, want_alone in zip(
+        (models.visual, models.textual), threads, alone_threads, strict=True
+    ):
+        assert loaded is not None and isinstance(loaded.session, OnnxSession)
+        assert loaded.session.session.get_session_options().intra_op_num_threads == want
+        if want_alone is None:
+            assert loaded.alone is None
+        else:
+            assert isinstance(loaded.alone, OnnxSession)
+            assert loaded.alone.session.get_session_options().intra_op_num_threads == want_alone

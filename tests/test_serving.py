@@ -39,13 +39,23 @@ SRC = Path(photofield_ai.__file__).parent
 
 # -- layout: the one home of device defaults ----------------------------------------------------
 def test_thread_layout_defaults_per_device_and_model() -> None:
-    """CPU: the visual model runs one single-threaded batch per usable CPU (indexing
-    throughput), the textual one a batch at a time on every core (search latency). An
-    accelerator: two batches in flight. Explicit settings win everywhere."""
+    """CPU (adaptive, the default): both CLIP models run one single-threaded batch per usable
+    CPU when busy and a lone batch on a second session with every core; without it, the visual
+    model one single-threaded batch per CPU, the textual one a batch at a time on every core.
+    An accelerator: two batches in flight. Explicit settings win everywhere."""
     cpus = usable_cpus()
     default = Settings()
-    assert thread_layout(default, "visual", False) == ThreadLayout(1, cpus)
-    assert thread_layout(default, "textual", False) == ThreadLayout(0, 1)
+    for kind in ("visual", "textual"):
+        expected = (
+            ThreadLayout(1, cpus, 0)
+            if cpus > 1
+            else thread_layout(Settings(adaptive_layout=False), kind, False)
+        )
+        assert thread_layout(default, kind, False) == expected
+    fixed = Settings(adaptive_layout=False)
+    assert thread_layout(fixed, "visual", False) == ThreadLayout(1, cpus)
+    assert thread_layout(fixed, "textual", False) == ThreadLayout(0, 1)
+    assert thread_layout(default, "faces", False) == ThreadLayout(0, 1)
     assert thread_layout(default, "visual", True) == ThreadLayout(0, 2)
     assert thread_layout(default, "textual", True) == ThreadLayout(0, 2)
     two = Settings(intra_op_threads=2)
@@ -58,7 +68,7 @@ def test_thread_layout_defaults_per_device_and_model() -> None:
 
 
 def test_batch_policy_defaults_and_overrides() -> None:
-    cpu = batch_policy(Settings(), "textual", False)
+    cpu = batch_policy(Settings(adaptive_layout=False), "textual", False)
     assert cpu == BatchPolicy(8, 0.002, 1, 1024, None)
     gpu = batch_policy(Settings(), "visual", True)
     assert (gpu.max_batch_size, gpu.max_concurrent_batches) == (64, 2)

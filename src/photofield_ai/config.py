@@ -100,6 +100,11 @@ class Settings:
     intra_op_threads: int | None = setting(
         help="threads one CLIP session call may use (sets both models; see Tuning)"
     )
+    adaptive_layout: bool | None = setting(
+        help="CPU: each CLIP model gets a second session with every core for a batch that runs "
+        "alone (a lone request), beside the single-threaded batches a busy queue runs; `0`: one "
+        "session (saves that session's memory: ~360 MB for ViT-B/32 float32 visual)"
+    )
     max_queue: int = setting(
         1024, "items waiting per model; beyond it requests get 503 + `Retry-After` at once"
     )
@@ -140,6 +145,12 @@ class Settings:
     )
     face_score_threshold: float = setting(0.5, "minimum detector confidence")
     face_max_faces: int = setting(100, "most faces returned per photo")
+    faces_deadline_s: float = setting(
+        20.0,
+        "a `/faces` request not answered this long after it arrived is answered at once: 200, "
+        "no faces for the photos not yet analysed, the reason in the error header (Photofield "
+        "turns faces off for an hour after its 30 s timeout or any non-200); 0: none",
+    )
 
     indexing_nice: int = setting(
         10,

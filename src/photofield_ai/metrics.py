@@ -40,6 +40,7 @@ class BatcherMetrics:
     items_failed: Counter
     batches: Counter
     batches_failed: Counter
+    batches_alone: Counter
     items_dropped_disconnected: Counter
     items_dropped_timeout: Counter
     items_rejected: Counter
@@ -109,6 +110,13 @@ class Metrics:
         )
         self.batches_failed = Counter(
             "batches_failed", "Session calls that raised", ["model"], namespace=ns, registry=r
+        )
+        self.batches_alone = Counter(
+            "batches_alone",
+            "Session calls made with the model's every-core layout (nothing else running)",
+            ["model"],
+            namespace=ns,
+            registry=r,
         )
         self.items_dropped = Counter(
             "items_dropped",
@@ -191,6 +199,12 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.faces_deadline_exceeded = Counter(
+            "faces_deadline_exceeded",
+            "/faces images answered with no faces because the deadline came first",
+            namespace=ns,
+            registry=r,
+        )
         self.face_images_unreadable = Counter(
             "face_images_unreadable",
             "/faces images that could not be read (answered 200 with no faces)",
@@ -219,6 +233,7 @@ class Metrics:
             items_failed=self.items_failed.labels(model),
             batches=self.batches.labels(model),
             batches_failed=self.batches_failed.labels(model),
+            batches_alone=self.batches_alone.labels(model),
             items_dropped_disconnected=self.items_dropped.labels(model, "client_disconnected"),
             items_dropped_timeout=self.items_dropped.labels(model, "queue_timeout"),
             items_rejected=self.items_rejected.labels(model),

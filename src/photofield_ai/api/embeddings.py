@@ -79,10 +79,12 @@ async def image_embeddings(request: Request) -> Response:
     model = image_model(request)
     parts = await read_file_parts(request)
     model.batcher.check_room(len(parts))  # refuse before decoding when overloaded
-    arrays = await asyncio.gather(
-        *(_preprocess_part(request, model.encoder, i, part) for i, part in enumerate(parts))
-    )
-    outputs = await unless_disconnected(request, model.batcher.submit_many(arrays))
+    with model.batcher.preparing(len(parts)):
+        arrays = await asyncio.gather(
+            *(_preprocess_part(request, model.encoder, i, part) for i, part in enumerate(parts))
+        )
+        work = model.batcher.submit_many(arrays)  # queued before the batcher stops waiting
+    outputs = await unless_disconnected(request, work)
     images = [
         {"field": part.field, "filename": part.filename, **embedding_fields(output)}
         for part, output in zip(parts, outputs, strict=True)

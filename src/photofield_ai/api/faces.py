@@ -39,12 +39,26 @@ async def head_faces(request: Request) -> Response:
 
 
 async def _one_image(
-    request: Request, pipeline: FacePipeline, index: int, part: FilePart, problems: list[str]
+    request: Request,
+    pipeline: FacePipeline,
+    index: int,
+    part: FilePart,
+    problems: list[str],
+    deadline: float | None,
 ) -> dict[str, Any]:
     engine = engine_of(request)
     result: dict[str, Any] = {"field": part.field, "filename": part.filename, "faces": []}
+    remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
     try:
-        result["faces"] = await pipeline.find_faces(part.data, engine.decode_limits)
+        result["faces"] = await asyncio.wait_for(
+            pipeline.find_faces(part.data, engine.decode_limits), remaining
+        )
+    except TimeoutError:
+        engine.metrics.faces_deadline_exceeded.inc()
+        seconds = engine.settings.faces_deadline_s
+        problems.append(f"image {index} ({part.filename!r}): not analysed within {seconds:g} s")
+        log.warning("/faces: image %d (%r) not analysed within %g s", index, part.filename, seconds)
+        return result
     except ImageDecodeError as exc:
         reason = type(exc).__name__.removesuffix("Error")
         engine.metrics.face_images_unreadable.labels(reason).inc()
@@ -57,10 +71,17 @@ async def _one_image(
 
 async def faces(request: Request) -> Response:
     pipeline = face_pipeline(request)
+    # Photofield gives up after 30 s and then turns faces off for an hour: an answer in time,
+    # even one with no faces for a photo, costs it far less (README "Faces").
+    budget = engine_of(request).settings.faces_deadline_s
+    deadline = asyncio.get_running_loop().time() + budget if budget > 0 else None
     problems: list[str] = []
     parts = await read_file_parts(request)
     images = await asyncio.gather(
-        *(_one_image(request, pipeline, i, part, problems) for i, part in enumerate(parts))
+        *(
+            _one_image(request, pipeline, i, part, problems, deadline)
+            for i, part in enumerate(parts)
+        )
     )
     headers = {ERROR_HEADER: header_value("; ".join(problems))} if problems else {}
     return JSONResponse({"images": images}, headers=headers)

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -56,9 +56,11 @@ class ModelQueue(Protocol):
 
     def check_room(self, n: int) -> None: ...
 
+    def preparing(self, n: int) -> contextlib.AbstractContextManager[None]: ...
+
     async def submit(self, item: Array) -> Array: ...
 
-    async def submit_many(self, items: Sequence[Array]) -> list[Array]: ...
+    def submit_many(self, items: Sequence[Array]) -> Awaitable[list[Array]]: ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,12 @@ class BatchPolicy:
     max_concurrent_batches: int  # K
     max_queue: int
     queue_timeout_s: float | None
+    # Spread the waiting items over the free batch slots instead of one batch taking them all:
+    # for single-threaded CPU batches, two batches of 2 use both cores where one of 4 uses one.
+    split_across_slots: bool = False
+    # How long a batch that would start on an idle model waits for items whose requests are
+    # still being decoded (see DynamicBatcher.preparing); 0: never.
+    wait_for_preparing_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_concurrent_batches < 1 or self.max_queue < 1:
@@ -95,10 +103,15 @@ class DynamicBatcher:
         holds: PriorityGate | None = None,
         yields_to: PriorityGate | None = None,
         executor: Executor | None = None,
+        run_alone: RunBatch | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
         self._run_batch = run_batch
+        # The same model laid out for a batch that has the device to itself (every core): used
+        # when a batch starts with nothing else running or waiting, so a lone request is as
+        # fast as the best single call while a busy queue gets the throughput layout.
+        self._run_alone = run_alone
         self._metrics = metrics
         self._holds = holds  # gate this batcher holds while it has work (text)
         self._yields_to = yields_to  # gate this batcher waits on before a batch (images)
@@ -116,6 +129,7 @@ class DynamicBatcher:
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._holding = False
         self._depth_listeners: list[Callable[[int], None]] = []
+        self._preparing = 0  # items whose requests are being decoded, not queued yet
 
     # -- public interface -------------------------------------------------------------------
     def start(self) -> None:
@@ -150,13 +164,27 @@ class DynamicBatcher:
                 "items waiting)"
             )
 
+    @contextlib.contextmanager
+    def preparing(self, n: int) -> Iterator[None]:
+        """Announce `n` items a request is decoding, until the block ends (the handler then
+        submits them without awaiting anything in between). A batch about to start on an idle
+        model waits briefly for them, so that requests arriving together are batched together
+        rather than the first one alone."""
+        self._preparing += n
+        try:
+            yield
+        finally:
+            self._preparing -= n
+            self._changed.set()
+
     async def submit(self, item: Array) -> Array:
         (result,) = await self.submit_many([item])
         return result
 
-    async def submit_many(self, items: Sequence[Array]) -> list[Array]:
-        """Queue all items of one request (or none: a full queue refuses the whole request) and
-        return their results in order. Cancelling the caller drops its still-queued items."""
+    def submit_many(self, items: Sequence[Array]) -> asyncio.Future[list[Array]]:
+        """Queue all items of one request now (or none: a full queue refuses the whole
+        request, raising at once); the returned future gives their results in order.
+        Cancelling it drops the still-queued items."""
         self.check_room(len(items))
         loop = asyncio.get_running_loop()
         entries = [_Entry(item, loop.create_future()) for item in items]
@@ -164,12 +192,7 @@ class DynamicBatcher:
             entry.future.add_done_callback(functools.partial(self._on_done, entry))
         self._queue.extend(entries)
         self._queue_changed()
-        try:
-            return list(await asyncio.gather(*(e.future for e in entries)))
-        except BaseException:
-            for entry in entries:
-                entry.future.cancel()
-            raise
+        return asyncio.gather(*(e.future for e in entries))
 
     async def close(self, grace_s: float) -> None:
         """Stop taking items; let queued and running batches finish for up to `grace_s`."""
@@ -231,9 +254,14 @@ class DynamicBatcher:
         return True
 
     async def _wait_to_fill(self) -> None:
-        """Only while other batches run: give the batch up to T to fill (never when idle)."""
+        """While other batches run, give the batch up to T to fill; an idle model starts at
+        once, unless items being prepared are about to arrive (up to wait_for_preparing_s)."""
         timeout = self.policy.batch_timeout_s
-        if self._in_flight == 0 or timeout <= 0:
+        if self._in_flight == 0:
+            if self._preparing > 0 and self.policy.wait_for_preparing_s > 0:
+                await self._wait_for_preparing()
+            return
+        if timeout <= 0:
             return
         while self._queue and len(self._queue) < self.policy.max_batch_size:
             remaining = self._queue[0].enqueued + timeout - time.monotonic()
@@ -245,11 +273,31 @@ class DynamicBatcher:
             except TimeoutError:
                 return
 
+    async def _wait_for_preparing(self) -> None:
+        deadline = time.monotonic() + self.policy.wait_for_preparing_s
+        while self._preparing > 0 and len(self._queue) < self.policy.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _batch_size(self) -> int:
+        n = self.policy.max_batch_size
+        if self.policy.split_across_slots:
+            free = self.policy.max_concurrent_batches - self._in_flight
+            n = min(n, max(1, -(-len(self._queue) // max(1, free))))
+        return n
+
     def _take_batch(self) -> list[_Entry]:
         batch: list[_Entry] = []
         timeout = self.policy.queue_timeout_s
         now = time.monotonic()
-        while self._queue and len(batch) < self.policy.max_batch_size:
+        size = self._batch_size()
+        while self._queue and len(batch) < size:
             entry = self._queue.popleft()
             if entry.future.done():
                 continue
@@ -285,28 +333,37 @@ class DynamicBatcher:
             if not batch:
                 self._slots.release()
                 continue
+            alone = (
+                self._run_alone is not None
+                and self._in_flight == 0
+                and not self._queue
+                and self._preparing == 0
+            )
             self._in_flight += 1
             self._update_hold()
             if self._metrics:
                 self._metrics.batches_in_flight.set(self._in_flight)
-            task = asyncio.get_running_loop().create_task(self._run(batch))
+            task = asyncio.get_running_loop().create_task(self._run(batch, alone))
             self._batch_tasks.add(task)
             task.add_done_callback(self._batch_tasks.discard)
 
-    def _stack_and_run(self, items: list[Array]) -> Array:
-        return self._run_batch(np.stack(items))
+    def _stack_and_run(self, items: list[Array], alone: bool) -> Array:
+        run = self._run_alone if alone and self._run_alone is not None else self._run_batch
+        return run(np.stack(items))
 
-    async def _run(self, batch: list[_Entry]) -> None:
+    async def _run(self, batch: list[_Entry], alone: bool = False) -> None:
         m = self._metrics
         started = time.monotonic()
         if m:
             m.batch_size.observe(len(batch))
+            if alone:
+                m.batches_alone.inc()
             for entry in batch:
                 m.queue_wait.observe(started - entry.enqueued)
         try:
             items = [e.item for e in batch]
             outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._stack_and_run, items
+                self._executor, self._stack_and_run, items, alone
             )
             if len(outputs) != len(batch):
                 raise RuntimeError(f"model returned {len(outputs)} rows for {len(batch)} items")

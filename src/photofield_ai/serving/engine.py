@@ -53,6 +53,7 @@ class ModelPlan:
     search_first: SearchRole | None  # text holds the gate, images yield to it
     info: dict[str, str]
     example: Callable[[], Array]  # a valid batch of one item
+    run_alone: RunBatch | None = None  # the adaptive layout's every-core session
     warmup: Callable[[], None] | None = None
     spec: ModelSpec | None = None  # embedding models: what the family's pre-step needs
 
@@ -91,6 +92,7 @@ def plan_models(settings: Settings, models: LoadedModels) -> list[ModelPlan]:
                 search_first="yields" if kind == "visual" else "holds",
                 info=loaded.encoder.spec.info(),
                 example=functools.partial(loaded.encoder.example_input, 1),
+                run_alone=loaded.run_alone if loaded.alone is not None else None,
                 warmup=loaded.warmup,
                 spec=loaded.encoder.spec,
             )
@@ -180,12 +182,13 @@ class Engine:
         policy = plan.policy
         log.info(
             "%s: max batch size %d, batch timeout %.1f ms, %d batch(es) in flight of %s "
-            "intra-op thread(s) each, queue of %d%s",
+            "intra-op thread(s) each%s, queue of %d%s",
             plan.name,
             policy.max_batch_size,
             policy.batch_timeout_s * 1000,
             policy.max_concurrent_batches,
             plan.intra_op_threads,
+            "; a batch alone on every core" if plan.run_alone is not None else "",
             policy.max_queue,
             f", at nice +{self.settings.indexing_nice}" if plan.indexing else "",
         )
@@ -206,6 +209,7 @@ class Engine:
             holds=gate if plan.search_first == "holds" else None,
             yields_to=gate if plan.search_first == "yields" else None,
             executor=executor,
+            run_alone=plan.run_alone,
         )
         batcher.start()
         return batcher

@@ -4,11 +4,14 @@ default that depends on the device or the model is decided here and nowhere else
 `describe_defaults` says it in words for the CLI help and the README's settings table.
 
 Measured reasons (BENCHMARKS.md, README "Tuning"):
-- CPU, visual model (indexing: throughput): one single-threaded batch per usable CPU spends no
-  time in ONNX Runtime's thread barriers (2 cores: 16.0 vs 12-14 images/s at 32 clients).
-- CPU, textual model (search: lone requests, latency): one batch at a time across all cores; any
-  kind but "visual" gets this layout, the face models included (whose sessions only take K from
-  it and keep ONNX Runtime's threads).
+- CPU, both CLIP models (adaptive layout): a busy queue runs one single-threaded batch per usable
+  CPU, which spends no time in ONNX Runtime's thread barriers (2 cores: 16.0 vs 12-14 images/s
+  at 32 clients); a batch that starts with nothing else running or waiting runs on a second
+  session with every core, as fast as the best single call (a lone thumbnail: ~86 ms, not
+  ~140). The price: the second session's weights in memory.
+- CPU without the adaptive layout: the visual model as above without the second session; the
+  textual model one batch at a time across all cores; the face models take K from the
+  non-visual layout and keep ONNX Runtime's threads.
 - CPU, N = 8: the bare model gains little past batch 8 while every item waits for its batch.
 - Accelerator: N = 64 amortizes kernel launches; two batches in flight overlap copies and compute.
 """
@@ -27,6 +30,9 @@ ACCELERATOR_MAX_BATCH_SIZE = 64
 BATCH_TIMEOUT_MS = 2.0
 ACCELERATOR_CONCURRENT_BATCHES = 2
 CPU_VISUAL_THREADS = 1
+# The adaptive layout: a batch about to start alone waits this long for items still being
+# decoded (four thumbnails arriving together are one busy batch, not one alone and three after).
+WAIT_FOR_PREPARING_S = 0.02
 # Search before indexing: an image batch waits at most this long for queued text to clear, so
 # that a flood of searches cannot starve indexing.
 SEARCH_FIRST_MAX_WAIT_S = 1.0
@@ -45,10 +51,12 @@ INLINE_TOKENIZE_CHARS = 64
 
 @dataclass(frozen=True)
 class ThreadLayout:
-    """How one model uses the device: threads per session call, session calls at once."""
+    """How one model uses the device: threads per session call, session calls at once, and
+    (adaptive layout) the threads of a second session for a batch that runs alone."""
 
     intra_op_threads: int  # 0: ONNX Runtime's default, one per physical core
     concurrent_batches: int  # K
+    alone_threads: int | None = None  # None: no second session
 
 
 def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLayout:
@@ -57,12 +65,19 @@ def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLay
         return ThreadLayout(
             threads or 0, settings.max_concurrent_batches or ACCELERATOR_CONCURRENT_BATCHES
         )
+    cpus = usable_cpus()
+    explicit = threads is not None or settings.max_concurrent_batches is not None
+    if kind in ("visual", "textual") and adaptive(settings) and cpus > 1 and not explicit:
+        # A busy queue: one single-threaded batch per core; a batch alone: every core.
+        return ThreadLayout(1, cpus, 0)
     if kind == "visual":
         threads = threads or CPU_VISUAL_THREADS
-        return ThreadLayout(
-            threads, settings.max_concurrent_batches or max(1, usable_cpus() // threads)
-        )
+        return ThreadLayout(threads, settings.max_concurrent_batches or max(1, cpus // threads))
     return ThreadLayout(threads or 0, settings.max_concurrent_batches or 1)
+
+
+def adaptive(settings: Settings) -> bool:
+    return settings.adaptive_layout is not False
 
 
 def batch_policy(
@@ -70,6 +85,8 @@ def batch_policy(
 ) -> BatchPolicy:
     """The queue policy of one model; a model whose file fixes the batch axis runs batches of 1."""
     timeout_ms = settings.batch_timeout_ms
+    layout = thread_layout(settings, kind, accelerated)
+    adaptive_cpu = layout.alone_threads is not None
     return BatchPolicy(
         max_batch_size=(
             1
@@ -78,11 +95,13 @@ def batch_policy(
             or (ACCELERATOR_MAX_BATCH_SIZE if accelerated else CPU_MAX_BATCH_SIZE)
         ),
         batch_timeout_s=(BATCH_TIMEOUT_MS if timeout_ms is None else timeout_ms) / 1000.0,
-        max_concurrent_batches=thread_layout(settings, kind, accelerated).concurrent_batches,
+        max_concurrent_batches=layout.concurrent_batches,
         max_queue=settings.max_queue,
         queue_timeout_s=(
             settings.queue_timeout_ms / 1000.0 if settings.queue_timeout_ms is not None else None
         ),
+        split_across_slots=adaptive_cpu,
+        wait_for_preparing_s=WAIT_FOR_PREPARING_S if adaptive_cpu else 0.0,
     )
 
 
@@ -138,6 +157,7 @@ def describe_defaults() -> dict[str, str]:
             "core); GPU: ONNX Runtime's choice"
         ),
         "workers": "1 on CPU; with an accelerator, one per usable CPU",
+        "adaptive_layout": "on (CPU, both CLIP models, unless threads or K are set)",
         "decode_threads": "with one worker, the usable CPUs (at least 2); else CPUs ÷ workers",
         "decode_memory_mb": (
             f"{DECODE_BUDGET_MIB}, or an eighth of the memory (a container's limit) if less"

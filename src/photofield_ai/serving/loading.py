@@ -136,6 +136,7 @@ class LoadedEmbeddingModel:
 
     session: Session
     encoder: Encoder
+    alone: Session | None = None  # the every-core session of the adaptive layout
 
     @property
     def kind(self) -> Kind:
@@ -144,9 +145,14 @@ class LoadedEmbeddingModel:
     def run(self, batch: Array) -> Embeddings:
         return self.encoder.run(self.session, batch)
 
+    def run_alone(self, batch: Array) -> Embeddings:
+        return self.encoder.run(self.alone or self.session, batch)
+
     def warmup(self) -> None:
         """The first Run allocates arenas and, on GPUs, compiles kernels: not a user's problem."""
         self.run(self.encoder.example_input(1))
+        if self.alone is not None:
+            self.run_alone(self.encoder.example_input(1))
 
     def describe(self) -> str:
         spec = self.encoder.spec
@@ -163,15 +169,20 @@ def load_embedding_model(
     family: ModelFamily = FAMILIES["clip"],
     intra_op_threads: int = 0,
     session_type: type[OnnxSession] = OnnxSession,
+    alone_threads: int | None = None,
 ) -> LoadedEmbeddingModel:
-    """Open the model and check that it is a `kind` model of `family`. `session_type` lets
+    """Open the model and check that it is a `kind` model of `family`; with `alone_threads`,
+    a second session of it with those threads (the adaptive layout). `session_type` lets
     tests slow down or break the session (a subclass) while everything else stays real."""
     session: Session
+    alone: Session | None = None
     if isinstance(location, SimulatedModel):
         session = SimulatedSession(location, providers, intra_op_threads)
     else:
         session = session_type(location, providers, intra_op_threads)
-    return LoadedEmbeddingModel(session, family.encoder(family.inspect(session, kind)))
+        if alone_threads is not None:
+            alone = session_type(location, providers, alone_threads)
+    return LoadedEmbeddingModel(session, family.encoder(family.inspect(session, kind)), alone)
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,7 @@ def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedMo
             continue
         log.info("Loading %s model: %s", kind, getattr(path, "location", path))
         # Indexing models are built in a lowered thread: their intra-op pools inherit it.
+        layout = thread_layout(settings, kind, accelerated)
         loaded[kind] = call_in_lowered_thread(
             settings.indexing_nice if kind == "visual" else 0,
             functools.partial(
@@ -212,7 +224,8 @@ def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedMo
                 providers,
                 kind,
                 family,
-                thread_layout(settings, kind, accelerated).intra_op_threads,
+                layout.intra_op_threads,
+                alone_threads=layout.alone_threads,
             ),
         )
     faces = load_face_models(settings, providers, progress)

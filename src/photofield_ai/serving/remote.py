@@ -196,6 +196,9 @@ class RemoteBatcher:
                 f"the {self.name} queue is full ({depth} of {self.model.max_queue} items waiting)"
             )
 
+    def preparing(self, n: int) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # the inference process batches what arrives
+
     async def submit(self, item: Array) -> Array:
         (result,) = await self.submit_many([item])
         return result
