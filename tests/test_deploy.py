@@ -19,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from photofield_ai.config import Settings
 from photofield_ai.testing.server import free_port
 from tests.conftest import ServerProcess
 from tests.images import jpeg
@@ -26,11 +27,14 @@ from tests.images import jpeg
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
+TOOLS = ROOT / "tools" / "bin"  # deploy/install-test-deps.sh unpacks Prometheus there
 OVERLAYS = ["cpu", "gpu", "cpu-hpa"]
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
+    path = shutil.which(name) or next(
+        (str(folder / name) for folder in (BIN, TOOLS) if (folder / name).exists()), None
+    )
     if path is None:
         pytest.skip(f"{name} is not installed (deploy/install-test-deps.sh installs it as root)")
     return path
@@ -80,12 +84,19 @@ def test_install_script_rejects_bad_usage() -> None:
     assert result.returncode == 2 and "usage" in result.stderr
 
 
-def test_compose_file_matches_the_compose_spec() -> None:
+@pytest.mark.parametrize(
+    ("name", "services"),
+    [
+        ("docker-compose.yml", {"photofield-ai", "prometheus", "grafana"}),
+        ("docker-compose.offline.yml", {"photofield-ai"}),
+    ],
+)
+def test_compose_files_match_the_compose_spec(name: str, services: set[str]) -> None:
     check = tool("check-jsonschema")
-    compose_file = DEPLOY / "compose" / "docker-compose.yml"
+    compose_file = DEPLOY / "compose" / name
     run(check, "--builtin-schema", "vendor.compose-spec", str(compose_file))
     compose = yaml.safe_load(compose_file.read_text())
-    assert set(compose["services"]) == {"photofield-ai", "prometheus", "grafana"}
+    assert set(compose["services"]) == services
     for service in compose["services"].values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -93,6 +104,32 @@ def test_compose_file_matches_the_compose_spec() -> None:
                 assert (compose_file.parent / source).exists(), source
     build = compose["services"]["photofield-ai"]["build"]
     assert (compose_file.parent / build["context"] / build["dockerfile"]).exists()
+
+
+def test_offline_compose_reads_every_model_from_the_mounted_folder() -> None:
+    """Without the internet: every model setting a file in the read-only mount, nothing that
+    would be downloaded (the test suite's settings check says what each variable reads)."""
+    service = yaml.safe_load((DEPLOY / "compose" / "docker-compose.offline.yml").read_text())[
+        "services"
+    ]["photofield-ai"]
+    (mount,) = service["volumes"]
+    target, mode = mount.rsplit(":", 2)[1:]
+    assert mode == "ro" and target == "/models"
+    env = service["environment"]
+    for name in ("PHOTOFIELD_AI_VISUAL_MODEL", "PHOTOFIELD_AI_TEXTUAL_MODEL"):
+        assert env[name].startswith("/models/") and env[name].endswith(".onnx")
+    assert env["PHOTOFIELD_AI_FACES_ENABLED"] == "0" and env["HF_HUB_OFFLINE"] == "1"
+    # What the server does with exactly these settings and a folder of generated models: it
+    # starts without fetching anything.
+    settings = Settings.from_env(env)
+    assert settings.visual_model is not None and settings.textual_model is not None
+
+
+def test_face_weights_are_baked_only_on_their_own_explicit_choice() -> None:
+    for dockerfile in ("Dockerfile", "Dockerfile.cuda"):
+        text = (DEPLOY / "docker" / dockerfile).read_text()
+        assert "ARG BAKE_FACE_MODELS=0" in text and "NON-COMMERCIAL" in text
+        assert "PHOTOFIELD_AI_FACES_ENABLED=0 photofield-ai download" in text
 
 
 # -- kubernetes ---------------------------------------------------------------------------------
@@ -130,17 +167,37 @@ def test_deployment_probes_and_shutdown(
     (container,) = pod["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
-    grace = float(
-        next(e["value"] for e in container["env"] if e["name"] == "PHOTOFIELD_AI_SHUTDOWN_GRACE_S")
-    )
+    env = {e["name"]: e["value"] for e in container["env"]}
+    grace = float(env["PHOTOFIELD_AI_SHUTDOWN_GRACE_S"])
+    delay = float(env["PHOTOFIELD_AI_SHUTDOWN_DELAY_S"])
     pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert pod["terminationGracePeriodSeconds"] >= pre_stop + grace + 5
-    assert by_kind(rendered[overlay], "PodDisruptionBudget")["spec"]["minAvailable"] >= 1
+    # preStop, then the server keeps accepting for the delay, then running requests get the
+    # grace: the kubelet's deadline must cover all three.
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + delay + grace + 5
+    # A drain of a one-replica deployment must be possible.
+    assert by_kind(rendered[overlay], "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     service = by_kind(rendered[overlay], "Service")
     assert (
         service["spec"]["selector"]
         == by_kind(rendered[overlay], "Deployment")["spec"]["selector"]["matchLabels"]
     )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_share_one_model_cache_filled_by_an_init_container(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Scale-up must not download ~600 MB per pod: the models volume is one claim, filled and
+    checked (sha256 sidecars) by `photofield-ai download` before the server starts."""
+    pod = by_kind(rendered[overlay], "Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["photofield-ai", "download"]
+    assert init["image"] == pod["containers"][0]["image"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = volumes["models"]["persistentVolumeClaim"]["claimName"]
+    assert by_kind(rendered[overlay], "PersistentVolumeClaim")["metadata"]["name"] == claim
+    for container in (init, pod["containers"][0]):
+        assert {"name": "models", "mountPath": "/models"} in container["volumeMounts"]
 
 
 def test_gpu_overlay_requests_a_gpu(rendered: dict[str, list[dict[str, Any]]]) -> None:

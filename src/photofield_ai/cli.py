@@ -94,13 +94,15 @@ def run_worker(settings: Settings, worker: int, socket_path: str, slab: str) -> 
 
 
 def download(settings: Settings) -> int:
+    """Fetch the configured models; a file fetched before is checked against the sha256
+    recorded when it was downloaded, and fetched again if it changed (a shared cache)."""
     from photofield_ai.serving.loading import resolve_face_models, resolve_models
 
-    _, visual, textual = resolve_models(settings)
-    paths = [visual, textual]
+    _, visual, textual = resolve_models(settings, verify=True)
+    paths: list[object] = [visual, textual]
     if settings.faces_enabled is not False:
         try:
-            paths += resolve_face_models(settings)
+            paths += resolve_face_models(settings, verify=True)
         except ModelResolutionError as exc:
             if settings.faces_enabled:
                 raise

@@ -29,6 +29,13 @@ class ModelResolutionError(RuntimeError):
     """The model setting cannot be turned into a file; the message is one line for the user."""
 
 
+class ModelDownloadError(ModelResolutionError):
+    """The file had to be downloaded and could not be (offline, unreachable, refused)."""
+
+
+SIDECAR = ".sha256"  # next to a downloaded file: the digest of what was downloaded
+
+
 def split_sha256(value: str) -> tuple[str, str | None]:
     """`location#sha256=<hex>` pins the file's content; returns (location, hex or None)."""
     location, _, fragment = value.partition("#")
@@ -58,17 +65,20 @@ def _check_sha256(path: Path, expected: str | None, what: str) -> None:
         )
 
 
-def resolve_model(value: str, models_dir: Path, progress: IO[str] | None = None) -> Path:
+def resolve_model(
+    value: str, models_dir: Path, progress: IO[str] | None = None, verify: bool = False
+) -> Path:
     """The local path of the model named by `value`, downloading it if needed. A
-    `#sha256=<hex>` suffix makes the file's content checked."""
+    `#sha256=<hex>` suffix makes the file's content checked; `verify` also re-checks a file
+    downloaded before against the digest recorded then (a shared cache's integrity)."""
     value, sha256 = split_sha256(value.strip())
-    path = _resolve_location(value, models_dir, progress, sha256)
+    path = _resolve_location(value, models_dir, progress, sha256, verify)
     _check_sha256(path, sha256, str(path))
     return path
 
 
 def _resolve_location(
-    value: str, models_dir: Path, progress: IO[str] | None, sha256: str | None
+    value: str, models_dir: Path, progress: IO[str] | None, sha256: str | None, verify: bool
 ) -> Path:
     if not value:
         raise ModelResolutionError("empty model setting")
@@ -76,7 +86,7 @@ def _resolve_location(
     if value.startswith(HF_SCHEME):
         return _resolve_hf(value)
     if parsed.scheme in ("http", "https"):
-        return _resolve_url(value, models_dir, progress, sha256)
+        return _resolve_url(value, models_dir, progress, sha256, verify)
     if parsed.scheme and len(parsed.scheme) > 1:  # "C:" on Windows is a drive, not a scheme
         raise ModelResolutionError(
             f"unsupported model location {value!r}: use an http(s) URL, hf://owner/repo/file.onnx "
@@ -101,14 +111,14 @@ def _resolve_hf(value: str) -> Path:
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
     except LocalEntryNotFoundError:
-        raise ModelResolutionError(
+        raise ModelDownloadError(
             f"{value} is not in the Hugging Face cache and cannot be downloaded "
             "(offline, or the hub is unreachable)"
         ) from None
     except HfHubHTTPError as exc:
-        raise ModelResolutionError(f"cannot download {value}: {str(exc).splitlines()[0]}") from None
+        raise ModelDownloadError(f"cannot download {value}: {str(exc).splitlines()[0]}") from None
     except (OSError, ValueError) as exc:
-        raise ModelResolutionError(f"cannot download {value}: {exc}") from None
+        raise ModelDownloadError(f"cannot download {value}: {exc}") from None
 
 
 def _filename_from_url(url: str) -> str:
@@ -118,11 +128,28 @@ def _filename_from_url(url: str) -> str:
     return name
 
 
+def verify_sidecar(path: Path) -> bool:
+    """Whether `path` still has the content it was downloaded with (its .sha256 sidecar);
+    a file without one (copied in by hand) is taken as it is."""
+    sidecar = path.with_name(path.name + SIDECAR)
+    if not sidecar.is_file():
+        return True
+    expected = sidecar.read_text().split()[0].strip().lower()
+    if file_sha256(path) == expected:
+        return True
+    log.warning("%s does not match its recorded sha256: downloading it again", path)
+    return False
+
+
 def _resolve_url(
-    url: str, models_dir: Path, progress: IO[str] | None, sha256: str | None = None
+    url: str,
+    models_dir: Path,
+    progress: IO[str] | None,
+    sha256: str | None = None,
+    verify: bool = False,
 ) -> Path:
     target = models_dir / _filename_from_url(url)
-    if target.is_file():
+    if target.is_file() and (not verify or verify_sidecar(target)):
         return target
     try:
         models_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +167,7 @@ def download(
     `sha256`, a file whose content differs is never put in place."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
+    digest = hashlib.sha256()
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "photofield-ai"})
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=60) as response:
@@ -147,6 +175,7 @@ def download(
             bar = _ProgressBar(target.name, total, progress)
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
+                digest.update(chunk)
                 bar.update(len(chunk))
             bar.close()
             if total and bar.done != total:
@@ -155,13 +184,18 @@ def download(
                 )
             out.flush()
             os.fsync(out.fileno())
-        _check_sha256(tmp, sha256, f"download of {url}")
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise ModelResolutionError(
+                f"download of {url} has sha256 {digest.hexdigest()}, expected {sha256} "
+                "(corrupt or changed upstream)"
+            )
+        target.with_name(target.name + SIDECAR).write_text(f"{digest.hexdigest()}  {target.name}\n")
         tmp.replace(target)
     except urllib.error.HTTPError as exc:
-        raise ModelResolutionError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
+        raise ModelDownloadError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ModelResolutionError(f"cannot download {url}: {reason}") from None
+        raise ModelDownloadError(f"cannot download {url}: {reason}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from photofield_ai.config import Settings, SettingsError
+from photofield_ai.config import Settings, SettingsError, env_name
 from photofield_ai.families import FAMILIES, KINDS, Encoder, Kind, ModelFamily
 from photofield_ai.families.base import Array, Embeddings
-from photofield_ai.fetch import ModelResolutionError, resolve_model
+from photofield_ai.fetch import ModelDownloadError, ModelResolutionError, resolve_model
 from photofield_ai.runtime import (
     ModelLoadError,
     OnnxSession,
@@ -96,7 +96,33 @@ def accelerated(settings: Settings) -> bool:
     return simulated or uses_accelerator(providers)
 
 
-def _resolve(value: str, settings: Settings, progress: IO[str] | None) -> ModelLocation | None:
+OFFLINE_HINT = (
+    "; without the internet, set PHOTOFIELD_AI_VISUAL_MODEL and PHOTOFIELD_AI_TEXTUAL_MODEL to "
+    "local .onnx files (or hf:// references with HF_HUB_OFFLINE=1 and a filled cache), or try "
+    'generated models with `make try` (README, "Try it offline")'
+)
+
+
+def fetch_model(
+    value: str,
+    setting_name: str,
+    settings: Settings,
+    progress: IO[str] | None = None,
+    verify: bool = False,
+) -> Path:
+    """resolve_model, with errors that name the setting the location came from and, when a
+    download failed, say what to do without one."""
+    try:
+        return resolve_model(value, settings.models_dir, progress, verify)
+    except ModelDownloadError as exc:
+        raise ModelDownloadError(f"{env_name(setting_name)}: {exc}{OFFLINE_HINT}") from None
+    except ModelResolutionError as exc:
+        raise ModelResolutionError(f"{env_name(setting_name)}: {exc}") from None
+
+
+def _resolve(
+    value: str, setting_name: str, settings: Settings, progress: IO[str] | None, verify: bool
+) -> ModelLocation | None:
     if value.strip().lower() in DISABLED:
         return None
     if is_simulated(value):
@@ -104,11 +130,11 @@ def _resolve(value: str, settings: Settings, progress: IO[str] | None) -> ModelL
             return parse_simulated(value)
         except SimulatedLocationError as exc:
             raise SettingsError(str(exc)) from None
-    return resolve_model(value, settings.models_dir, progress)
+    return fetch_model(value, setting_name, settings, progress, verify)
 
 
 def resolve_models(
-    settings: Settings, progress: IO[str] | None = None
+    settings: Settings, progress: IO[str] | None = None, verify: bool = False
 ) -> tuple[list[str], ModelLocation | None, ModelLocation | None]:
     """Select providers and turn both model settings into local files (downloading them).
     A model set to `none` is disabled: its endpoint answers 503."""
@@ -119,8 +145,8 @@ def resolve_models(
     choice = choose_models(settings, providers)
     if choice.note:
         log.info(choice.note)
-    visual = _resolve(choice.visual, settings, progress)
-    textual = _resolve(choice.textual, settings, progress)
+    visual = _resolve(choice.visual, "visual_model", settings, progress, verify)
+    textual = _resolve(choice.textual, "textual_model", settings, progress, verify)
     if any(isinstance(m, SimulatedModel) for m in (visual, textual)):
         log.warning(
             "SIMULATED accelerator (%s): the embeddings are not real; for benchmarks and tests",
@@ -232,10 +258,16 @@ def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedMo
     return LoadedModels(providers, loaded["visual"], loaded["textual"], faces)
 
 
-def resolve_face_models(settings: Settings, progress: IO[str] | None = None) -> tuple[Path, Path]:
+def resolve_face_models(
+    settings: Settings, progress: IO[str] | None = None, verify: bool = False
+) -> tuple[Path, Path]:
     return (
-        resolve_model(settings.face_detector_model, settings.models_dir, progress),
-        resolve_model(settings.face_recognizer_model, settings.models_dir, progress),
+        fetch_model(
+            settings.face_detector_model, "face_detector_model", settings, progress, verify
+        ),
+        fetch_model(
+            settings.face_recognizer_model, "face_recognizer_model", settings, progress, verify
+        ),
     )
 
 
