@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,24 @@ class FlakySession(OnnxSession):
             self.fail_next = False
             raise RuntimeError("injected failure")
         return super().run(batch, output_names)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    """Poll `condition` until it holds: how a test waits for a state the code exposes (a queue
+    depth, a batch running) instead of sleeping for a guessed time. The timeout only bounds a
+    failure, so it is generous."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+async def wait_until_async(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    """`wait_until` for a test running on the event loop."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.005)
 
 
 def clip_model(

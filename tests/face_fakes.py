@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image, ImageDraw
 
 from photofield_ai.faces.detection import VARIANCES, prior_boxes
 
@@ -132,3 +133,85 @@ def expected_embedding(rgb: tuple[int, int, int]) -> np.ndarray:
     means = (np.array(rgb, np.float32) - 127.5) / 127.5
     v = means @ PROJECTION
     return v / np.linalg.norm(v)
+
+
+# -- a detector that looks at its input ----------------------------------------------------------
+MARKER_RGB = (255, 0, 0)
+
+
+def write_marker_detector(path: Path) -> Path:
+    """A RetinaFace stand-in that reports a face where the photo has a pure red marker: the
+    smallest anchors of the stride-8 grid score by how red their 8×8 cell is, in BGR minus the
+    RetinaFace means — so a pipeline that fed RGB, or forgot the means, or letterboxed wrongly,
+    finds nothing or finds it in the wrong place. Box offsets are zero: a face is its anchor
+    (16 px in the 640 input, centred on the cell)."""
+    size, cells = 640, 80
+    n_level8, n_rest = cells * cells * 2, sum((size // s) ** 2 * 2 for s in (16, 32))
+    b, g, r = (float(v) for v in (104.0, 117.0, 123.0))
+    nodes = [
+        helper.make_node("Split", ["input", "split3"], ["b", "g", "r"], axis=1),
+        helper.make_node("Add", ["r", "r_mean"], ["r_raw"]),
+        helper.make_node("Add", ["g", "g_mean"], ["g_raw"]),
+        helper.make_node("Add", ["b", "b_mean"], ["b_raw"]),
+        # Only pure red scores: R − G − B − 200 is +55 on the marker, −128 on grey, and −66 on
+        # the marker when the means were not subtracted.
+        helper.make_node("Sub", ["r_raw", "g_raw"], ["rg"]),
+        helper.make_node("Sub", ["rg", "b_raw"], ["rgb"]),
+        helper.make_node("Sub", ["rgb", "threshold"], ["redness"]),
+        helper.make_node("AveragePool", ["redness"], ["cell"], kernel_shape=[8, 8], strides=[8, 8]),
+        helper.make_node("Mul", ["cell", "gain"], ["logit"]),
+        helper.make_node("Reshape", ["logit", "per_cell"], ["small"]),  # [1, 6400, 1]
+        helper.make_node("Expand", ["never", "per_cell"], ["large"]),  # the 32-px anchors: no
+        helper.make_node("Concat", ["small", "large"], ["pair"], axis=2),  # [1, 6400, 2]
+        helper.make_node("Reshape", ["pair", "per_anchor"], ["level8"]),  # [1, 12800, 1]
+        helper.make_node("Concat", ["level8", "rest"], ["logits"], axis=1),  # [1, 16800, 1]
+        helper.make_node("Sigmoid", ["logits"], ["face"]),
+        helper.make_node("Sub", ["one", "face"], ["background"]),
+        helper.make_node("Concat", ["background", "face"], ["conf"], axis=2),
+        helper.make_node("Identity", ["loc_value"], ["loc"]),
+        helper.make_node("Identity", ["landmarks_value"], ["landmarks"]),
+    ]
+    n = n_level8 + n_rest
+    inits: dict[str, np.ndarray] = {
+        "split3": np.array([1, 1, 1], np.int64),
+        "r_mean": np.array(r, np.float32),
+        "g_mean": np.array(g, np.float32),
+        "b_mean": np.array(b, np.float32),
+        "threshold": np.array(200.0, np.float32),
+        "gain": np.array(0.05, np.float32),
+        "per_cell": np.array([1, cells * cells, 1], np.int64),
+        "per_anchor": np.array([1, n_level8, 1], np.int64),
+        "never": np.full((1, 1, 1), -100.0, np.float32),
+        "rest": np.full((1, n_rest, 1), -100.0, np.float32),
+        "one": np.array(1.0, np.float32),
+        "loc_value": np.zeros((1, n, 4), np.float32),
+        "landmarks_value": np.zeros((1, n, 10), np.float32),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "marker_retinaface",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [
+            helper.make_tensor_value_info("loc", TensorProto.FLOAT, [1, n, 4]),
+            helper.make_tensor_value_info("conf", TensorProto.FLOAT, [1, n, 2]),
+            helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, [1, n, 10]),
+        ],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def photo_with_marker(width: int, height: int, center: tuple[int, int], radius: int) -> Image.Image:
+    """Grey, with a red disc whose centre is the reddest point (the detector's best cell)."""
+    image = Image.new("RGB", (width, height), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    cx, cy = center
+    for r in range(radius, 0, -max(1, radius // 12)):
+        # Redder towards the centre: pure red only in the middle.
+        k = 1 - r / radius
+        colour = (255, int(128 * (1 - k) ** 2), int(128 * (1 - k) ** 2))
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    return image

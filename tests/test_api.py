@@ -7,12 +7,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from photofield_ai.clip.preprocess import preprocess_image
 from photofield_ai.clip.tokenizer import ClipTokenizer
 from photofield_ai.clip.wire import decode_embedding, encode_embedding
+from photofield_ai.families import Kind
 from tests.conftest import ServerProcess, clip_model, start_server
-from tests.images import encode, jpeg, photo
+from tests.images import encode, jpeg, photo, with_orientation
 
 CPU = ["CPUExecutionProvider"]
 
@@ -29,6 +31,16 @@ def assert_embedding_fields(item: dict[str, object]) -> np.ndarray:
     return vector
 
 
+def assert_wire_bits(item: dict[str, object], model: Path, row: np.ndarray) -> None:
+    """The answer is bit for bit what the original's rule gives for the session's output on
+    the same input (a lone request runs alone: ONNX Runtime's default threads, batch of 1)."""
+    kind: Kind = "visual" if row.ndim == 3 else "textual"
+    output = clip_model(model, kind).run(row[None])[0]
+    expected = encode_embedding(output)
+    assert item["embedding_f16_b64"] == expected.embedding_f16_b64
+    assert item["embedding_inv_norm_f16_uint16"] == expected.embedding_inv_norm_f16_uint16
+
+
 def test_image_embedding_matches_the_model(
     server: ServerProcess, heavy_industry: bytes, tiny_float32: tuple[Path, Path]
 ) -> None:
@@ -42,10 +54,8 @@ def test_image_embedding_matches_the_model(
     item = body["images"][0]
     assert list(item) == ["field", "filename", "embedding_f16_b64", "embedding_inv_norm_f16_uint16"]
     assert (item["field"], item["filename"]) == ("image", "heavy-industry.jpg")
-    got = assert_embedding_fields(item)
-    session = clip_model(tiny_float32[0], "visual")
-    expected = session.run(preprocess_image(heavy_industry, 224)[None])[0]
-    np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float16), atol=1e-3)
+    assert_embedding_fields(item)
+    assert_wire_bits(item, tiny_float32[0], preprocess_image(heavy_industry, 224))
 
 
 def test_many_images_come_back_in_request_order(server: ServerProcess) -> None:
@@ -85,6 +95,9 @@ def test_text_embeddings_match_the_model(
         np.testing.assert_allclose(
             assert_embedding_fields(item).astype(np.float32), row.astype(np.float16), atol=1e-3
         )
+    # One text alone: the exact bits.
+    (alone,) = httpx.post(server.url + "/text-embeddings", json={"texts": ["hawk"]}).json()["texts"]
+    assert_wire_bits(alone, tiny_float32[1], tokenizer.tokenize("hawk"))
 
 
 def test_empty_text_list(server: ServerProcess) -> None:
@@ -196,6 +209,35 @@ def test_non_jpeg_formats_over_http(server: ServerProcess) -> None:
         assert r.status_code == 200, (fmt, r.text)
 
 
+@pytest.mark.parametrize(
+    ("orientation", "turn"),
+    [
+        (3, Image.Transpose.ROTATE_180),
+        (6, Image.Transpose.ROTATE_90),
+        (8, Image.Transpose.ROTATE_270),
+    ],
+)
+def test_exif_orientation_is_applied_before_the_model(
+    server: ServerProcess, orientation: int, turn: Image.Transpose
+) -> None:
+    """A phone stores a photo turned and says so in EXIF: the embedding must be the upright
+    photo's (same pixels up to JPEG), not the turned pixels'."""
+
+    def embed(data: bytes) -> np.ndarray:
+        r = httpx.post(server.url + "/image-embeddings", files={"image": ("p.jpg", data)})
+        assert r.status_code == 200, r.text
+        vector = decode_embedding(r.json()["images"][0]["embedding_f16_b64"]).astype(np.float64)
+        return vector / np.linalg.norm(vector)
+
+    upright = photo(320, 200, seed=orientation)
+    stored = upright.transpose(turn)  # what the camera wrote; the EXIF tag turns it back
+    want = embed(encode(upright, "JPEG", quality=95))
+    got = embed(with_orientation(stored, orientation))
+    ignored = embed(encode(stored, "JPEG", quality=95))  # the same pixels, tag ignored
+    # (Random-weight models put every image near every other; the gap is what counts.)
+    assert 1 - float(want @ got) < (1 - float(want @ ignored)) / 20, (want @ got, want @ ignored)
+
+
 def test_unknown_path_and_wrong_method_are_json(server: ServerProcess) -> None:
     r = httpx.get(server.url + "/nope")
     assert r.status_code == 404 and r.json() == {"error": "not found: /nope"}
@@ -210,11 +252,13 @@ def test_float16_models_serve(
     try:
         r = httpx.post(srv.url + "/image-embeddings", files={"image": ("a.jpg", heavy_industry)})
         assert r.status_code == 200
-        session = clip_model(tiny_float16[0], "visual")
-        expected = session.run(preprocess_image(heavy_industry, 224)[None])[0]
-        got = decode_embedding(r.json()["images"][0]["embedding_f16_b64"])
-        np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), atol=2e-2)
-        assert httpx.post(srv.url + "/text-embeddings", json={"texts": ["hawk"]}).status_code == 200
+        assert_wire_bits(
+            r.json()["images"][0], tiny_float16[0], preprocess_image(heavy_industry, 224)
+        )
+        t = httpx.post(srv.url + "/text-embeddings", json={"texts": ["hawk"]})
+        assert t.status_code == 200
+        tokens = ClipTokenizer.from_package().tokenize("hawk")
+        assert_wire_bits(t.json()["texts"][0], tiny_float16[1], tokens)
         assert "type tensor(float16)" in srv.log()
     finally:
         assert srv.stop() == 0

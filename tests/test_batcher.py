@@ -20,6 +20,7 @@ from photofield_ai.batcher import (
     QueueTimeoutError,
 )
 from photofield_ai.metrics import Metrics
+from tests.conftest import wait_until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -30,30 +31,44 @@ def anyio_backend() -> str:
 
 
 class SlowModel:
-    """Doubles its input after `delay` seconds; records every batch it ran."""
+    """Doubles its input after `delay` seconds — or, when `held`, once the test calls
+    `release()` — and records every batch it started. A held model lets a test set up "a batch is
+    running" exactly, instead of guessing how long a sleep makes that true."""
 
-    def __init__(self, delay: float = 0.0, fail_on: float | None = None) -> None:
+    def __init__(
+        self, delay: float = 0.0, fail_on: float | None = None, held: bool = False
+    ) -> None:
         self.delay = delay
         self.fail_on = fail_on
+        self._go = threading.Event()
+        if not held:
+            self._go.set()
         self.batches: list[list[float]] = []
         self.running = 0
         self.max_running = 0
         self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        values = [float(v) for v in batch[:, 0]]
         with self._lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
+            self.batches.append(values)  # in the order the batches started
         try:
+            assert self._go.wait(30), "the test never released the model"
             time.sleep(self.delay)
-            values = [float(v) for v in batch[:, 0]]
-            self.batches.append(values)
             if self.fail_on is not None and self.fail_on in values:
                 raise RuntimeError("injected failure")
             return batch * 2
         finally:
             with self._lock:
                 self.running -= 1
+
+    def release(self) -> None:
+        self._go.set()
+
+    async def until_running(self, count: int = 1) -> None:
+        await wait_until_async(lambda: self.running == count, f"{count} batch(es) run")
 
 
 def item(value: float) -> np.ndarray:
@@ -112,11 +127,13 @@ async def test_batches_never_exceed_n_and_results_keep_their_order() -> None:
 
 
 async def test_items_pile_up_while_a_batch_runs() -> None:
-    model = SlowModel(delay=0.3)
+    model = SlowModel(held=True)
     batcher = make(model, max_batch_size=16)
     first = asyncio.ensure_future(batcher.submit(item(0)))
-    await asyncio.sleep(0.05)  # the first batch is running now
+    await model.until_running()
     rest = [asyncio.ensure_future(batcher.submit(item(i))) for i in range(1, 11)]
+    await wait_until_async(lambda: batcher.queue_depth == 10, "all ten are queued")
+    model.release()
     await asyncio.gather(first, *rest)
     assert model.batches == [[0.0], [float(i) for i in range(1, 11)]]
     await batcher.close(1)
@@ -144,18 +161,18 @@ async def test_wrong_row_count_from_the_model_fails_the_batch() -> None:
 
 async def test_cancelled_items_are_dropped_before_they_run() -> None:
     metrics = Metrics()
-    model = SlowModel(delay=0.3)
+    model = SlowModel(held=True)
     batcher = make(model, metrics)
     first = asyncio.ensure_future(batcher.submit(item(1)))
-    await asyncio.sleep(0.05)
+    await model.until_running()
     gone = asyncio.ensure_future(batcher.submit_many([item(2), item(3)]))
-    await asyncio.sleep(0.01)
-    assert batcher.queue_depth == 2
+    await wait_until_async(lambda: batcher.queue_depth == 2, "both are queued")
     assert sample(metrics, "photofield_ai_queue_depth") == 2
     gone.cancel()
     await asyncio.sleep(0)
     assert batcher.queue_depth == 0
     assert sample(metrics, "photofield_ai_queue_depth") == 0, "the gauge must be exact"
+    model.release()
     await first
     assert (await batcher.submit(item(4)))[0] == 8
     assert [2.0] not in model.batches and [2.0, 3.0] not in model.batches
@@ -165,30 +182,35 @@ async def test_cancelled_items_are_dropped_before_they_run() -> None:
 
 async def test_full_queue_refuses_at_once() -> None:
     metrics = Metrics()
-    batcher = make(SlowModel(delay=0.3), metrics, max_queue=4, max_batch_size=2)
+    model = SlowModel(held=True)
+    batcher = make(model, metrics, max_queue=4, max_batch_size=2)
     running = asyncio.ensure_future(batcher.submit(item(0)))
-    await asyncio.sleep(0.05)
+    await model.until_running()
     queued = [asyncio.ensure_future(batcher.submit(item(i))) for i in range(1, 5)]
-    await asyncio.sleep(0.01)
-    started = time.monotonic()
+    await wait_until_async(lambda: batcher.queue_depth == 4, "the queue is full")
+    # Refused while the model is still held: the answer cannot have waited for room.
     with pytest.raises(QueueFullError, match="queue is full"):
-        await batcher.submit(item(99))
-    assert time.monotonic() - started < 0.1
+        await asyncio.wait_for(batcher.submit(item(99)), 5)
     with pytest.raises(QueueFullError):  # a request is admitted whole or not at all
-        await batcher.submit_many([item(7), item(8)])
+        await asyncio.wait_for(batcher.submit_many([item(7), item(8)]), 5)
     assert sample(metrics, "photofield_ai_items_rejected_total") == 3
+    model.release()
     await asyncio.gather(running, *queued)
     await batcher.close(1)
 
 
 async def test_queue_timeout_answers_without_running() -> None:
     metrics = Metrics()
-    model = SlowModel(delay=0.3)
+    model = SlowModel(held=True)
     batcher = make(model, metrics, queue_timeout_s=0.1)
     first = asyncio.ensure_future(batcher.submit(item(1)))
-    await asyncio.sleep(0.05)
+    await model.until_running()
+    second = asyncio.ensure_future(batcher.submit(item(2)))
+    await wait_until_async(lambda: batcher.queue_depth == 1, "the second is queued")
+    await asyncio.sleep(0.15)  # longer than the queue timeout (any longer is as good)
+    model.release()
     with pytest.raises(QueueTimeoutError, match="longer than the queue timeout"):
-        await batcher.submit(item(2))
+        await second
     await first
     assert model.batches == [[1.0]]
     assert sample(metrics, "photofield_ai_items_dropped_total", reason="queue_timeout") == 1
@@ -196,24 +218,37 @@ async def test_queue_timeout_answers_without_running() -> None:
 
 
 async def test_k_batches_run_concurrently() -> None:
-    model = SlowModel(delay=0.2)
+    model = SlowModel(held=True)
     batcher = make(model, max_batch_size=2, max_concurrent_batches=3, batch_timeout_s=0)
-    await asyncio.gather(*(batcher.submit(item(i)) for i in range(6)))
+    pending = asyncio.gather(*(batcher.submit(item(i)) for i in range(6)))
+    await model.until_running(3)
+    model.release()
+    await pending
     assert model.max_running == 3
     await batcher.close(1)
 
 
-async def test_busy_model_waits_up_to_t_for_a_fuller_batch() -> None:
-    model = SlowModel(delay=0.5)
-    batcher = make(model, max_batch_size=8, max_concurrent_batches=2, batch_timeout_s=0.3)
+@pytest.mark.parametrize("timeout_s", [0.0, 30.0])
+async def test_busy_model_waits_up_to_t_for_a_fuller_batch(timeout_s: float) -> None:
+    """With a batch running and room for another, a lone item waits up to T for company;
+    a full batch leaves at once. With T = 0 the same item leaves alone."""
+    model = SlowModel(held=True)
+    batcher = make(model, max_batch_size=3, max_concurrent_batches=2, batch_timeout_s=timeout_s)
     first = asyncio.ensure_future(batcher.submit(item(0)))  # idle: runs at once
-    await asyncio.sleep(0.05)
-    second = asyncio.ensure_future(batcher.submit(item(1)))  # busy: waits up to T to fill
-    await asyncio.sleep(0.1)
-    third = [asyncio.ensure_future(batcher.submit(item(i))) for i in (2, 3)]
+    await model.until_running()
+    second = asyncio.ensure_future(batcher.submit(item(1)))
+    if timeout_s:
+        await asyncio.sleep(0.2)  # time enough for a batcher that does not wait to start it
+        assert model.running == 1 and batcher.queue_depth == 1, "it should wait for company"
+        third = [asyncio.ensure_future(batcher.submit(item(i))) for i in (2, 3)]
+        await model.until_running(2)  # full: it leaves well before T
+    else:
+        await model.until_running(2)
+        third = [asyncio.ensure_future(batcher.submit(item(i))) for i in (2, 3)]
+    model.release()
     await asyncio.gather(first, second, *third)
     assert model.batches[0] == [0.0]
-    assert sorted(model.batches[1]) == [1.0, 2.0, 3.0]
+    assert sorted(model.batches[1]) == ([1.0, 2.0, 3.0] if timeout_s else [1.0])
     await batcher.close(1)
 
 
@@ -232,19 +267,20 @@ async def test_metrics_count_batches_and_items() -> None:
 
 
 async def test_image_batches_yield_to_text_work() -> None:
-    gate = PriorityGate(max_wait_s=1.0)
+    gate = PriorityGate(max_wait_s=30)
     images = SlowModel()
     visual = DynamicBatcher("visual", images, policy(), yields_to=gate)
-    texts = SlowModel(delay=0.3)
+    texts = SlowModel(held=True)
     textual = DynamicBatcher("textual", texts, policy(), holds=gate)
     visual.start()
     textual.start()
     text = asyncio.ensure_future(textual.submit(item(1)))
-    await asyncio.sleep(0.05)
+    await texts.until_running()
     assert gate.held
     image = asyncio.ensure_future(visual.submit(item(2)))
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)  # time enough for an image batch that does not yield to start
     assert not image.done() and images.batches == [], "images wait while text runs"
+    texts.release()
     await text
     await image
     assert not gate.held
@@ -253,24 +289,28 @@ async def test_image_batches_yield_to_text_work() -> None:
 
 
 async def test_close_lets_queued_work_finish_then_refuses() -> None:
-    model = SlowModel(delay=0.1)
+    model = SlowModel(delay=0.05)
     batcher = make(model, max_batch_size=2)
     pending = [asyncio.ensure_future(batcher.submit(item(i))) for i in range(6)]
-    await asyncio.sleep(0.01)
-    await batcher.close(grace_s=5)
+    await model.until_running()
+    await batcher.close(grace_s=30)
     assert [float((await p)[0]) for p in pending] == [2.0 * i for i in range(6)]
     with pytest.raises(BatcherClosedError):
         await batcher.submit(item(1))
 
 
 async def test_close_after_grace_fails_what_is_left() -> None:
-    batcher = make(SlowModel(delay=0.5), max_batch_size=1)
+    model = SlowModel(held=True)
+    batcher = make(model, max_batch_size=1)
     pending = [asyncio.ensure_future(batcher.submit(item(i))) for i in range(4)]
-    await asyncio.sleep(0.01)
+    await model.until_running()
     await batcher.close(grace_s=0.2)
-    outcomes = await asyncio.gather(*pending, return_exceptions=True)
-    assert any(isinstance(o, BatcherClosedError) for o in outcomes)
-    assert all(isinstance(o, np.ndarray | BatcherClosedError) for o in outcomes)
+    # The three still queued are told the model shut down; the running one may still finish.
+    outcomes = await asyncio.gather(*pending[1:], return_exceptions=True)
+    assert all(isinstance(o, BatcherClosedError) for o in outcomes), outcomes
+    model.release()
+    await model.until_running(0)
+    assert model.batches == [[0.0]]
 
 
 async def test_a_flood_of_text_cannot_starve_images() -> None:
@@ -303,7 +343,7 @@ async def test_a_batch_alone_runs_on_the_every_core_layout_and_a_busy_queue_does
     # Ten at once: the first two batches start with more waiting, so they take the busy layout;
     # whatever is left once both are done has the device to itself again.
     await asyncio.gather(*(batcher.submit(item(i)) for i in range(10)))
-    assert busy.batches[:2] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+    assert sorted(busy.batches[:2]) == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
     ran = sorted(v for b in busy.batches + alone.batches[1:] for v in b)
     assert ran == [float(i) for i in range(10)]
     assert sample(metrics, "photofield_ai_batches_alone_total") == len(alone.batches)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+from pathlib import Path
 
 import httpx
 import numpy as np
+from starlette.applications import Starlette
 
+from photofield_ai.app import create_app
 from photofield_ai.clip.wire import decode_embedding
-from tests.conftest import ServerProcess
+from photofield_ai.config import Settings
+from photofield_ai.serving.loading import LoadedModels
+from photofield_ai.testing.server import serve_in_thread
+from tests.conftest import CPU, FlakySession, ServerProcess, clip_model
 from tests.images import jpeg
+from tests.test_hardening import parse_metric
 
 
 def _batch_histogram(text: str, model: str) -> tuple[float, float]:
@@ -47,7 +55,7 @@ async def _post_texts(url: str, texts: list[str]) -> list[np.ndarray]:
         return list(await asyncio.gather(*(one(t) for t in texts)))
 
 
-def test_concurrent_requests_equal_sequential_ones_and_batch(server: ServerProcess) -> None:
+def test_concurrent_requests_equal_sequential_ones(server: ServerProcess) -> None:
     images = [jpeg(256, 192, seed=i) for i in range(48)]
     before = _batch_histogram(httpx.get(server.url + "/metrics").text, "visual")
     sequential = asyncio.run(_post_images(server.url, images, concurrency=1))
@@ -56,10 +64,7 @@ def test_concurrent_requests_equal_sequential_ones_and_batch(server: ServerProce
     assert after_sequential[0] - before[0] == after_sequential[1] - before[1] == 48
     concurrent = asyncio.run(_post_images(server.url, images, concurrency=48))
     after = _batch_histogram(httpx.get(server.url + "/metrics").text, "visual")
-    items, batches = after[0] - after_sequential[0], after[1] - after_sequential[1]
-    assert items == 48
-    assert batches < 48, "concurrent single-image requests must be batched together"
-    print(f"48 concurrent requests ran in {batches:.0f} batches (mean {items / batches:.1f})")
+    assert after[0] - after_sequential[0] == 48
     for a, b in zip(sequential, concurrent, strict=True):
         assert np.abs(a.astype(np.float32) - b.astype(np.float32)).max() <= 1e-4
 
@@ -70,5 +75,85 @@ def test_concurrent_texts_equal_sequential_ones(server: ServerProcess) -> None:
     concurrent = asyncio.run(_post_texts(server.url, texts))
     for a, b in zip(sequential, concurrent, strict=True):
         assert np.abs(a.astype(np.float32) - b.astype(np.float32)).max() <= 1e-4
-    text = httpx.get(server.url + "/metrics").text
-    assert 'photofield_ai_items_processed_total{model="textual"}' in text
+
+
+# -- batching and search-first in the real app, with sessions slowed to a known cost ------------
+class RecordingSession(FlakySession):
+    """The real session, slowed, recording when each call ran."""
+
+    calls: list[tuple[str, float, float]]  # (model input, start, end); set by slowed_app
+
+    def run(self, batch: np.ndarray, output_names: list[str] | None = None) -> list[np.ndarray]:
+        started = time.monotonic()
+        out = super().run(batch, output_names)
+        self.calls.append((self.input_type, started, time.monotonic()))
+        return out
+
+
+def slowed_app(
+    models: tuple[Path, Path], visual_s: float, textual_s: float, **settings: object
+) -> tuple[Starlette, list[tuple[str, float, float]]]:
+    visual = clip_model(models[0], "visual", session_type=RecordingSession)
+    textual = clip_model(models[1], "textual", session_type=RecordingSession)
+    assert isinstance(visual.session, RecordingSession)
+    assert isinstance(textual.session, RecordingSession)
+    visual.session.delay_s, textual.session.delay_s = visual_s, textual_s
+    calls: list[tuple[str, float, float]] = []
+    visual.session.calls = textual.session.calls = calls
+    loaded = LoadedModels(CPU, visual, textual)
+    return create_app(Settings(adaptive_layout=False, **settings), loaded), calls  # type: ignore[arg-type]
+
+
+def test_concurrent_requests_form_real_batches(tiny_float32: tuple[Path, Path]) -> None:
+    """48 image requests and 32 text requests at once against sessions that take 0.2 s a call:
+    the images are batched (mean batch at least 2) and some text batch holds several texts."""
+    app, _ = slowed_app(tiny_float32, 0.2, 0.2, max_batch_size=16)
+    with serve_in_thread(app) as url:
+        images = [jpeg(256, 192, seed=i) for i in range(48)]
+        asyncio.run(_post_images(url, images, concurrency=48))
+        asyncio.run(_post_texts(url, [f"dog {i}" for i in range(32)]))
+        text = httpx.get(url + "/metrics").text
+    items, batches = _batch_histogram(text, "visual")
+    assert items == 48 and items / batches >= 2, f"mean visual batch {items / batches:.1f}"
+    text_items, text_batches = _batch_histogram(text, "textual")
+    singles = parse_metric(text, "photofield_ai_batch_size_bucket", model="textual", le="1.0")
+    assert text_items == 32 and singles < text_batches, "no text batch held more than one text"
+
+
+def test_search_goes_before_indexing_in_the_app(tiny_float32: tuple[Path, Path]) -> None:
+    """A saturated image queue (0.3 s calls, two at a time, batches of 2) and one search: while
+    the search is queued or running no image batch starts, so it is answered after at most the
+    image batches already running."""
+    app, calls = slowed_app(tiny_float32, 0.3, 0.3, max_batch_size=2, max_concurrent_batches=2)
+    with serve_in_thread(app) as url:
+
+        async def scenario() -> float:
+            indexing = asyncio.ensure_future(
+                _post_images(url, [jpeg(256, 192, seed=i) for i in range(16)], concurrency=16)
+            )
+            async with httpx.AsyncClient() as client:
+                deadline = time.monotonic() + 30
+                # Two image batches are running and more are queued.
+                while (
+                    parse_metric(
+                        (await client.get(url + "/metrics")).text,
+                        "photofield_ai_queue_depth",
+                        model="visual",
+                    )
+                    < 4
+                ):
+                    assert time.monotonic() < deadline, "the image queue never filled"
+                    await asyncio.sleep(0.01)
+            started = time.monotonic()
+            await _post_texts(url, ["hawk"])
+            elapsed = time.monotonic() - started
+            await indexing
+            return elapsed
+
+        elapsed = asyncio.run(scenario())
+    text_call = [c for c in calls if c[0] == "tensor(int32)"][-1]  # after the warm-up call
+    overlapping = [
+        c for c in calls if c[0] != "tensor(int32)" and text_call[1] < c[1] < text_call[2]
+    ]
+    assert overlapping == [], "image batches started while the search was running"
+    assert elapsed < 0.3 * 2 + 0.3 + 0.5, f"the search took {elapsed:.2f} s"

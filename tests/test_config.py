@@ -96,3 +96,13 @@ def test_command_help_lists_only_that_commands_settings() -> None:
         "PHOTOFIELD_AI_MAX_BATCH_SIZE" in serve and "PHOTOFIELD_AI_MAX_BATCH_SIZE" not in download
     )
     assert "PHOTOFIELD_AI_MODELS_DIR" in serve and "PHOTOFIELD_AI_MODELS_DIR" in download
+
+
+def test_default_face_model_urls_are_pinned() -> None:
+    """A swapped or truncated download of the default face models is refused (the CLIP
+    defaults have no published digest to pin; their downloads record one, see fetch.py)."""
+    from photofield_ai.fetch import split_sha256
+
+    for value in (Settings().face_detector_model, Settings().face_recognizer_model):
+        location, digest = split_sha256(value)
+        assert location.startswith("https://") and digest is not None and len(digest) == 64

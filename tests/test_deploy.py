@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from photofield_ai.config import Settings
 from photofield_ai.testing.server import free_port
@@ -334,3 +335,68 @@ def test_real_prometheus_scrapes_the_server(prometheus: str, server: ServerProce
     assert {r["metric"]["model"] for r in depth} == {"visual", "textual"}
     assert all(float(r["value"][1]) == 0 for r in depth)  # idle now, and the gauge is exact
     assert query('up{job="photofield-ai"}')[0]["value"][1] == "1"
+
+
+# -- the names the deploy files use, checked without any tool -----------------------------------
+SELECTOR = re.compile(r"\b(photofield_ai_[a-z_]+)\s*(\{[^}]*\})?")
+# Labels Prometheus adds when it scrapes (target labels), not the exporter.
+TARGET_LABELS = {"instance", "job", "namespace", "pod", "service", "container", "le"}
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def queries() -> list[tuple[str, str]]:
+    """(where, PromQL) of every query in the alert rules, the autoscalers and the dashboard,
+    read from the files themselves (no kubectl, no promtool)."""
+    found = []
+    for group in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            found.append((f"alert {rule['alert']}", rule["expr"]))
+    keda = yaml.safe_load(
+        (DEPLOY / "k8s" / "components" / "keda" / "scaledobject.yaml").read_text()
+    )
+    for trigger in keda["spec"]["triggers"]:
+        found.append(("KEDA trigger", trigger["metadata"]["query"]))
+    adapter = yaml.safe_load(
+        (DEPLOY / "k8s" / "components" / "hpa" / "prometheus-adapter-rules.yaml").read_text()
+    )
+    for rule in yaml.safe_load(adapter["data"]["rules.yaml"])["rules"]:
+        found.append(("prometheus-adapter", rule["seriesQuery"]))
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "photofield-ai.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            found.append((f"panel {panel['title']}", target["expr"]))
+    return found
+
+
+def test_deploy_queries_name_metrics_and_label_values_the_server_exports(
+    server: ServerProcess,
+) -> None:
+    """Every metric a deploy file queries exists in a live /metrics, and every label it matches
+    exactly exists there with that value (a renamed metric or label value would make an alert
+    or an autoscaler silently never fire)."""
+    httpx.post(server.url + "/text-embeddings", json={"texts": ["warm"]})
+    httpx.post(server.url + "/image-embeddings", files={"image": ("a.jpg", b"not an image")})
+    samples: dict[str, list[dict[str, str]]] = {}
+    for family in text_string_to_metric_families(httpx.get(server.url + "/metrics").text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample.labels)
+    problems = []
+    for where, expr in queries():
+        for name, selector in SELECTOR.findall(expr):
+            if name not in samples:
+                problems.append(f"{where}: no metric {name}")
+                continue
+            for label, op, value in MATCHER.findall(selector or ""):
+                if label in TARGET_LABELS:
+                    continue
+                seen = {labels.get(label) for labels in samples[name]}
+                # A pattern for statuses that occur only under failure (5..) is checked
+                # against what the server can answer.
+                possible = seen | ({"500", "503"} if label == "status" else set())
+                if None in seen and len(seen) == 1:
+                    problems.append(f"{where}: {name} has no label {label}")
+                elif op == "=" and value not in seen:
+                    problems.append(f"{where}: {name}{{{label}={value!r}}} never exported")
+                elif op == "=~" and not any(re.fullmatch(value, v or "") for v in possible):
+                    problems.append(f"{where}: {name}{{{label}=~{value!r}}} matches nothing")
+    assert problems == []

@@ -38,15 +38,36 @@ from tests.face_fakes import (
     FACES,
     encode_faces,
     expected_embedding,
+    photo_with_marker,
     write_detector,
+    write_marker_detector,
     write_recognizer,
 )
 from tests.images import encode, jpeg, with_orientation
+from tests.test_hardening import parse_metric
 
 FLAT = (200, 50, 10)  # a photo of one flat color: every aligned face crop has these means
 
 
 # -- pure functions -----------------------------------------------------------------------------
+def test_retinaface_constants_are_the_published_ones() -> None:
+    """From RetinaFace's reference implementation (biubug6/Pytorch_Retinaface: cfg_mnet and
+    detect.py), written out here rather than read back from the module under test."""
+    assert detection.STEPS == (8, 16, 32)
+    assert detection.MIN_SIZES == ((16, 32), (64, 128), (256, 512))
+    assert detection.VARIANCES == (0.1, 0.2)
+    assert detection.BGR_MEAN.tolist() == [104.0, 117.0, 123.0]
+    assert detection.NMS_IOU == 0.4
+    # ArcFace's 112×112 five-point template (insightface).
+    assert alignment.ARCFACE_TEMPLATE.tolist() == [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ]
+
+
 def test_prior_grid() -> None:
     priors = detection.prior_boxes(640)
     assert priors.shape == (2 * (80 * 80 + 40 * 40 + 20 * 20), 4)
@@ -189,18 +210,69 @@ def test_faces_contract(face_server: ServerProcess, width: int, height: int) -> 
     assert [f["confidence"] for f in faces] == pytest.approx([0.95, 0.70], abs=1e-6)
 
 
-def test_exif_rotated_photo_gives_upright_boxes(face_server: ServerProcess) -> None:
-    upright = Image.new("RGB", (1200, 1600), (20, 200, 40))
-    upright.paste((250, 10, 10), (0, 0, 700, 900))  # the top-left faces fall in red
-    stored = upright.transpose(Image.Transpose.ROTATE_90)  # stored turned, orientation 6 fixes it
-    a = post_faces(face_server.url, encode(upright, "JPEG", quality=95)).json()["images"][0]
-    b = post_faces(face_server.url, with_orientation(stored, 6)).json()["images"][0]
-    assert len(a["faces"]) == len(b["faces"]) == 2
-    for fa, fb in zip(a["faces"], b["faces"], strict=True):
-        np.testing.assert_allclose(fb["bbox"], fa["bbox"], atol=1.0)
-        ea, eb = (decode_embedding(f["embedding_f16_b64"]).astype(np.float32) for f in (fa, fb))
-        assert float(ea @ eb) > 0.99
-    np.testing.assert_allclose(b["faces"][0]["bbox"], expected_boxes(1200, 1600)[0], atol=1.0)
+@pytest.fixture(scope="module")
+def marker_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_float32: tuple[Path, Path],
+    face_models: tuple[Path, Path],
+) -> Iterator[ServerProcess]:
+    """/faces with a detector that finds a red marker (face_fakes.write_marker_detector)."""
+    folder = tmp_path_factory.mktemp("marker")
+    srv = start_server(
+        folder,
+        *tiny_float32,
+        PHOTOFIELD_AI_FACES_ENABLED="1",
+        PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(write_marker_detector(folder / "marker.onnx")),
+        PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL=str(face_models[1]),
+    )
+    yield srv
+    srv.stop()
+
+
+def best_face_center(url: str, data: bytes) -> tuple[float, float]:
+    faces = post_faces(url, data).json()["images"][0]["faces"]
+    assert faces, "the marker was not found"
+    x1, y1, x2, y2 = faces[0]["bbox"]
+    return (x1 + x2) / 2, (y1 + y2) / 2
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "center"),
+    [
+        (1600, 1200, (400, 700)),
+        (1200, 1600, (900, 300)),
+        (640, 640, (320, 320)),
+        (3000, 800, (2500, 500)),
+    ],
+)
+def test_a_face_is_found_where_the_photo_has_it(
+    marker_server: ServerProcess, width: int, height: int, center: tuple[int, int]
+) -> None:
+    """Through decode, letterbox, BGR minus means, the detector and the mapping back: the box
+    lands on the marker (within one 8-px cell of the 640 input)."""
+    image = photo_with_marker(width, height, center, radius=max(width, height) // 20)
+    got = best_face_center(marker_server.url, encode(image, "JPEG", quality=95))
+    cell = 8 * max(width, height) / 640
+    assert abs(got[0] - center[0]) <= cell + 2 and abs(got[1] - center[1]) <= cell + 2, got
+
+
+def test_exif_rotated_photo_gives_upright_boxes(marker_server: ServerProcess) -> None:
+    """Stored turned with EXIF orientation 6 (as phones do): the box is where the marker is in
+    the upright photo, not in the stored pixels."""
+    upright = photo_with_marker(1200, 1600, (300, 1200), radius=80)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # orientation 6 turns it back
+    got = best_face_center(marker_server.url, with_orientation(stored, 6))
+    cell = 8 * 1600 / 640
+    assert abs(got[0] - 300) <= cell + 2 and abs(got[1] - 1200) <= cell + 2, got
+
+
+def test_the_detector_sees_bgr(marker_server: ServerProcess) -> None:
+    """A blue marker is no face to a detector that wants red in its third (R) channel: a
+    pipeline that fed RGB would find it."""
+    image = photo_with_marker(1200, 900, (600, 450), radius=60)
+    blue = Image.merge("RGB", image.split()[::-1])
+    r = post_faces(marker_server.url, encode(blue, "JPEG", quality=95))
+    assert r.status_code == 200 and r.json()["images"][0]["faces"] == []
 
 
 @pytest.mark.parametrize(
@@ -263,12 +335,35 @@ def test_eight_concurrent_12mp_photos(face_server: ServerProcess) -> None:
     assert max(t for _, t in results) < 15, "Photofield's client gives up after 30 s"
 
 
-def test_face_metrics(face_server: ServerProcess) -> None:
-    post_faces(face_server.url, encode(Image.new("RGB", (300, 300), FLAT), "PNG"))
-    text = httpx.get(face_server.url + "/metrics").text
-    assert 'photofield_ai_queue_depth{model="face_recognizer"}' in text
-    assert 'photofield_ai_items_processed_total{model="face_recognizer"}' in text
-    assert "photofield_ai_faces_per_image_count" in text
+def test_face_metrics_count_what_a_request_did(face_server: ServerProcess) -> None:
+    def read() -> dict[str, float]:
+        text = httpx.get(face_server.url + "/metrics").text
+        return {
+            "recognized": parse_metric(
+                text, "photofield_ai_items_processed_total", model="face_recognizer"
+            ),
+            "detected": parse_metric(
+                text, "photofield_ai_items_processed_total", model="face_detector"
+            ),
+            "images": parse_metric(text, "photofield_ai_faces_per_image_count"),
+            "faces": parse_metric(text, "photofield_ai_faces_per_image_sum"),
+            "unreadable": parse_metric(
+                text, "photofield_ai_face_images_unreadable_total", reason="ImageDecode"
+            ),
+        }
+
+    before = read()
+    r = post_faces(face_server.url, encode(Image.new("RGB", (300, 300), FLAT), "PNG"))
+    assert len(r.json()["images"][0]["faces"]) == 2
+    post_faces(face_server.url, b"not an image at all")
+    after = read()
+    assert {k: after[k] - before[k] for k in after} == {
+        "recognized": 2,
+        "detected": 1,
+        "images": 1,
+        "faces": 2,
+        "unreadable": 1,
+    }
 
 
 # -- enabling, disabling, downloading -----------------------------------------------------------

@@ -19,6 +19,7 @@ from photofield_ai.imaging.budget import DecodeBudget
 from photofield_ai.imaging.decode import dct_scale_covering, decode_cost, open_image
 from photofield_ai.imaging.errors import ImageTooLargeError
 from tests import hostile
+from tests.conftest import wait_until
 from tests.corpus import png_16bit_rgb
 from tests.images import encode, photo
 
@@ -36,10 +37,11 @@ def test_budget_admits_in_order_and_refuses_what_never_fits() -> None:
 
         big = threading.Thread(target=take, args=("big", 80))
         big.start()
-        time.sleep(0.05)  # "big" is waiting first ...
+        wait_until(lambda: budget.waiting == 1, '"big" waits')  # "big" is waiting first ...
         small = threading.Thread(target=take, args=("small", 10))
         small.start()
-        time.sleep(0.05)
+        wait_until(lambda: budget.waiting == 2, '"small" waits')
+        time.sleep(0.05)  # time enough for a budget that lets "small" jump the queue
         # ... and "small" would fit now, but waits its turn behind "big".
         assert order == [] and budget.used_bytes == 60
     big.join(5)

@@ -1,3 +1,6 @@
+"""Where model files come from: URLs (a local stand-in server), hf:// and paths."""
+
+import hashlib
 import io
 import os
 import subprocess
@@ -40,7 +43,13 @@ def test_url_is_downloaded_once_with_progress(stand_in: StandIn, tmp_path: Path)
     assert "100.0%" in progress.getvalue()
     assert resolve_model(url, tmp_path / "models", progress) == path
     assert stand_in.requests["GET /models/clip-test-visual-float32.onnx"] == 1
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [path.name]
+    # The file and the sha256 recorded when it was fetched (`download` checks it); no partials.
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        path.name,
+        path.name + ".sha256",
+    ]
+    recorded = (tmp_path / "models" / (path.name + ".sha256")).read_text().split()[0]
+    assert recorded == hashlib.sha256(content).hexdigest()
 
 
 def test_http_error_is_one_clear_line(stand_in: StandIn, tmp_path: Path) -> None:

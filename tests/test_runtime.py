@@ -4,6 +4,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from photofield_ai.runtime import ModelLoadError, OnnxSession, ProviderError, select_providers
 from photofield_ai.runtime.session import DISABLED_OPTIMIZERS
 from photofield_ai.testing.generate import generate
-from tests.conftest import clip_model, tiny_env
+from tests.conftest import clip_model, start_server, tiny_env
+from tests.images import jpeg
 
 CPU = ["CPUExecutionProvider"]
 
@@ -72,9 +74,27 @@ def test_float16_and_float32_variants_agree(models_dir: Path) -> None:
     assert (cos > 0.99).all()
 
 
-def test_quint8_variant_loads(models_dir: Path) -> None:
-    visual = clip_model(generate("tiny", "quint8", models_dir)[0], "visual")
-    assert visual.run(visual.encoder.example_input(2)).shape == (2, 512)
+def test_quint8_variant_is_quantized_close_to_float32_and_serves(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    paths = generate("tiny", "quint8", models_dir)
+    for path in paths:
+        ops = {node.op_type for node in onnx.load(path).graph.node}
+        assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul"}, ops
+    quant = clip_model(paths[0], "visual")
+    full = clip_model(generate("tiny", "float32", models_dir)[0], "visual")
+    x = np.random.default_rng(3).standard_normal((4, 3, 224, 224)).astype(np.float32)
+    a, b = full.run(x).astype(np.float32), quant.run(x).astype(np.float32)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert (cosine > 0.95).all(), cosine
+    srv = start_server(tmp_path, *paths)
+    try:
+        r = httpx.post(srv.url + "/text-embeddings", json={"texts": ["hawk"]})
+        assert r.status_code == 200
+        i = httpx.post(srv.url + "/image-embeddings", files={"image": ("a.jpg", jpeg(320, 240))})
+        assert i.status_code == 200
+    finally:
+        assert srv.stop() == 0
 
 
 @pytest.mark.parametrize("size", [224, 288, 336, 384, 448])

@@ -42,6 +42,7 @@ def _check_bindable(host: str, port: int) -> None:
 def serve(settings: Settings) -> int:
     from photofield_ai.api.server import HttpServer
     from photofield_ai.app import create_app
+    from photofield_ai.runtime.threads import exit_past_running_calls
     from photofield_ai.serving.layout import workers
     from photofield_ai.serving.loading import accelerated, load_models
 
@@ -64,6 +65,7 @@ def serve(settings: Settings) -> int:
         server.run()
     except OSError as exc:
         return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+    exit_past_running_calls()
     log.info("Stopped")
     return 0
 

@@ -9,7 +9,6 @@ reference (full decode + full resize + crop, kept here for tests).
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +20,7 @@ from photofield_ai.imaging.decode import (
     DecodeLimits,
     dct_scale_covering,
     decoded_rgb,
-    exif_orientation,
     make_upright,
-    pillow_rgb,
 )
 from photofield_ai.imaging.errors import ImageDecodeError
 
@@ -106,15 +103,3 @@ def preprocess_image(
 ) -> npt.NDArray[np.float32]:
     """Image bytes → the CLIP visual model's [3, S, S] float32 input."""
     return normalize(decode_and_crop(data, size, limits))
-
-
-def reference_decode_and_crop(data: bytes, size: int) -> npt.NDArray[np.uint8]:
-    """The slow, obviously-correct path: full Pillow decode, Resize(S), CenterCrop(S)."""
-    im = Image.open(io.BytesIO(data))
-    rgb = pillow_rgb(im)
-    rgb = make_upright(rgb, exif_orientation(im))
-    rw, rh = resized_size(rgb.width, rgb.height, size)
-    resized = rgb.resize((rw, rh), Image.Resampling.BICUBIC)
-    left = round((rw - size) / 2.0)
-    top = round((rh - size) / 2.0)
-    return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)

@@ -34,6 +34,11 @@ class DecodeBudget:
     def used_bytes(self) -> int:
         return self._used
 
+    @property
+    def waiting(self) -> int:
+        """Decodes waiting for their share of the budget."""
+        return len(self._waiting)
+
     @contextlib.contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
         """Hold `nbytes` of the budget for the duration of the block (first come, first

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -113,3 +114,32 @@ def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def exit_past_running_calls(code: int = 0, settle_s: float = 0.5) -> None:
+    """Exit now if a model call is still running once the drain is over.
+
+    A call in ONNX Runtime cannot be interrupted, and Python joins every worker thread at exit:
+    without this, a call that outlived the grace period (or a second SIGTERM) would hold the
+    process until it returned, and the orchestrator's kill would come first. Idle worker
+    threads get `settle_s` to notice their executor has shut down."""
+    deadline = time.monotonic() + settle_s
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    running = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.current_thread() and not t.daemon and t.is_alive()
+    ]
+    if not running:
+        return
+    log.warning(
+        "Exiting with %d worker thread(s) still running after the drain (%s)",
+        len(running),
+        ", ".join(running),
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -35,7 +35,11 @@ from photofield_ai.batcher import (
 from photofield_ai.config import Settings
 from photofield_ai.logs import configure_logging
 from photofield_ai.metrics import Metrics
-from photofield_ai.runtime.threads import name_native_thread, run_event_loop
+from photofield_ai.runtime.threads import (
+    exit_past_running_calls,
+    name_native_thread,
+    run_event_loop,
+)
 from photofield_ai.serving import ipc
 from photofield_ai.serving.engine import Engine, ModelPlan
 from photofield_ai.serving.loading import STARTUP_ERRORS, load_models
@@ -203,3 +207,4 @@ def main(settings: Settings, socket_path: str, stats_name: str, ready: Connectio
         await server.close()
 
     run_event_loop(run())
+    exit_past_running_calls()
