@@ -260,14 +260,17 @@ class HttpServer:
         return self.server.server_state
 
     def start_draining(self, delay_s: float) -> None:
-        """Readiness false; idle connections closed and every answer from now on carries
-        `Connection: close`, so clients reconnect (elsewhere, once the endpoint is gone); new
-        connections are still accepted for `delay_s` (load balancers take a while to notice),
-        then the listener closes and running requests get the grace period to finish."""
+        """Readiness false; every answer from now on carries `Connection: close`, so clients
+        reconnect (elsewhere, once the endpoint is gone); new connections are still accepted
+        for `delay_s` (load balancers take a while to notice), then the listener closes and
+        running requests get the grace period to finish.
+
+        Idle keep-alive connections are left open until then: closing one races a client that
+        is sending on it at that moment, and Go's client does not retry a POST whose connection
+        closed under it (for Photofield's /faces that means faces off for an hour). A client
+        that uses the connection during the delay is told to close it in the answer."""
         self.draining()
         self.protocol.draining[0] = True
-        for connection in list(self.state.connections):
-            connection.shutdown()
         asyncio.get_running_loop().call_later(delay_s, self.stop)
 
     def stop(self, force: bool = False) -> None:
