@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import searches, table, thumbnails
+from benchmarks.common import MODEL_PATH_ONLY, searches, table, thumbnails
 from benchmarks.counters import tree_cpu_s
 from benchmarks.load import run_load
 from photofield_ai.testing.server import descendants, start_server
@@ -70,6 +70,7 @@ def profile(kind: str, workers: int, concurrency: int, seconds: float) -> tuple[
         PHOTOFIELD_AI_VISUAL_MODEL="simulated://visual",
         PHOTOFIELD_AI_TEXTUAL_MODEL="simulated://textual",
         PHOTOFIELD_AI_WORKERS=str(workers),
+        **MODEL_PATH_ONLY,
     )
     workload = thumbnails() if kind == "image" else searches()
     try:

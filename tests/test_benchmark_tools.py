@@ -66,7 +66,8 @@ def test_load_generator_counts_successes_and_errors(server: ServerProcess) -> No
 
 
 def test_server_counters_follow_the_work(server: ServerProcess) -> None:
-    texts = Workload("text", texts=("cat eyes", "hawk"))
+    # Distinct texts: a repeated one would be a text-cache hit and never reach the model.
+    texts = Workload("text", texts=tuple(f"a photo of thing {i}" for i in range(5000)))
     result, activity = measure(server, "textual", lambda: run_load(server.url, texts, 8, 0.0, 1.0))
     assert result.latencies and activity.mean_batch >= 1
     assert 0 < activity.busy <= 1.5 and activity.mean_call_s > 0

@@ -11,7 +11,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from photofield_ai.api import embeddings, faces, service
+from photofield_ai.api import embeddings, faces, openai, service
+from photofield_ai.api.auth import RequireApiKey
 from photofield_ai.api.errors import EXCEPTION_HANDLERS
 from photofield_ai.api.middleware import CollapseSlashes, LimitBodySize, RecordHttpMetrics
 from photofield_ai.config import Settings
@@ -26,6 +27,8 @@ ROUTES = [
     Route("/text-embeddings", embeddings.head_text_embeddings, methods=["HEAD"]),
     Route("/faces", faces.faces, methods=["POST"]),
     Route("/faces", faces.head_faces, methods=["HEAD"]),
+    Route("/v1/embeddings", openai.embeddings, methods=["POST"]),
+    Route("/v1/models", openai.models, methods=["GET"]),
     Route("/health", service.health, methods=["GET"]),
     Route("/ready", service.ready, methods=["GET"]),
     Route("/metrics", service.metrics, methods=["GET"]),
@@ -50,6 +53,17 @@ def create_app(
             await engine.close()
 
     handlers: dict[Any, Any] = dict(EXCEPTION_HANDLERS)
+    access = []
+    if settings.api_key is not None:
+        open_paths = {"/health", "/ready", *(["/metrics"] if settings.metrics_open else [])}
+        access.append(
+            Middleware(
+                RequireApiKey,
+                key=settings.api_key,
+                open_paths=frozenset(open_paths),
+                metrics=engine.metrics,
+            )
+        )
     app = Starlette(
         routes=ROUTES,
         exception_handlers=handlers,
@@ -61,6 +75,7 @@ def create_app(
                 metrics=engine.metrics,
                 endpoints=frozenset(r.path for r in ROUTES),
             ),
+            *access,  # before anything reads the body
             Middleware(
                 LimitBodySize,
                 max_bytes=settings.max_body_bytes,

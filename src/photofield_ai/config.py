@@ -48,13 +48,15 @@ def setting(
     default_words: str | None = None,
     commands: tuple[str, ...] = (SERVE,),
     factory: Any = None,
+    secret: bool = False,
 ) -> Any:
     """A settings field with its documentation. `default_words` says what the default is where
-    it is not a plain value and not a device default (which `serving.layout` describes)."""
+    it is not a plain value and not a device default (which `serving.layout` describes). A
+    `secret` one is left out of the settings' repr, so it cannot reach a log line."""
     metadata = {"help": help, "default_words": default_words, "commands": commands}
     if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+        return field(default_factory=factory, metadata=metadata, repr=not secret)
+    return field(default=default, metadata=metadata, repr=not secret)
 
 
 BOTH = (SERVE, DOWNLOAD)
@@ -114,6 +116,29 @@ class Settings:
     queue_timeout_ms: float | None = setting(
         help="items that waited longer are answered 503 without running",
         default_words="unset: none",
+    )
+    text_cache_size: int = setting(
+        10_000,
+        "text embeddings kept in memory (least recently used dropped; keyed by token ids, so "
+        "texts that tokenize alike share one); a hit never queues; per worker process; 0: off",
+    )
+    model_idle_unload_s: float | None = setting(
+        help="a model not used for this long is unloaded (its memory returned); the next "
+        "request loads it again and waits for it",
+        default_words="unset: never",
+    )
+
+    # Access.
+    api_key: str | None = setting(
+        help="when set, every endpoint but `/health` and `/ready` needs it: "
+        "`Authorization: Bearer <key>`, or HTTP Basic with the key as the password (Photofield: "
+        "`ai.host: http://photofield:<key>@host:8081`)",
+        default_words="unset: open",
+        secret=True,
+    )
+    metrics_open: bool = setting(
+        False,
+        "`1`: `/metrics` needs no key even when `API_KEY` is set (a scraper on a trusted net)",
     )
 
     # Request limits.
@@ -214,7 +239,7 @@ class Settings:
             )
         if not 0 < self.port < 65536:
             raise SettingsError(f"{PREFIX}PORT must be between 1 and 65535, not {self.port}")
-        for name in sorted(_INTS - {"port", "indexing_nice"}):
+        for name in sorted(_INTS - {"port", "indexing_nice", "text_cache_size"}):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1, not {value}")
@@ -230,6 +255,21 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}FACE_SCORE_THRESHOLD must be between 0 and 1, not "
                 f"{self.face_score_threshold}"
+            )
+        if self.text_cache_size < 0:
+            raise SettingsError(
+                f"{PREFIX}TEXT_CACHE_SIZE must not be negative, not {self.text_cache_size}"
+            )
+        if self.api_key is not None and (
+            not self.api_key.isascii() or not self.api_key.isprintable() or " " in self.api_key
+        ):
+            raise SettingsError(
+                f"{PREFIX}API_KEY must be printable ASCII without spaces (it travels in a header)"
+            )
+        if self.model_idle_unload_s is not None and self.model_idle_unload_s <= 0:
+            raise SettingsError(
+                f"{PREFIX}MODEL_IDLE_UNLOAD_S must be positive (unset: never unload), not "
+                f"{self.model_idle_unload_s}"
             )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(

@@ -42,3 +42,18 @@ def tune_malloc() -> bool:
     if "MALLOC_ARENA_MAX" not in os.environ:
         done |= mallopt(M_ARENA_MAX, ARENA_MAX) == 1
     return done
+
+
+def trim_malloc() -> bool:
+    """Hand freed heap memory back to the OS now (glibc's malloc_trim), as after a model was
+    unloaded. True if glibc released anything."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))

@@ -212,6 +212,51 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.text_cache_lookups = Counter(
+            "text_cache_lookups",
+            "Texts looked up in the text-embedding cache, by result (hit: answered without "
+            "the model)",
+            ["result"],
+            namespace=ns,
+            registry=r,
+        )
+        self.text_cache_entries = Gauge(
+            "text_cache_entries",
+            "Text embeddings held in the cache (summed over worker processes)",
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.model_loaded = Gauge(
+            "model_loaded",
+            "1 while the model's sessions are in memory; 0 once unloaded for being idle "
+            "(PHOTOFIELD_AI_MODEL_IDLE_UNLOAD_S)",
+            ["model"],
+            namespace=ns,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.model_load = Histogram(
+            "model_load_seconds",
+            "Time to load the model's sessions again after an idle unload",
+            ["model"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            namespace=ns,
+            registry=r,
+        )
+        self.model_unloads = Counter(
+            "model_unloads",
+            "Times the model was unloaded for being idle",
+            ["model"],
+            namespace=ns,
+            registry=r,
+        )
+        self.http_unauthorized = Counter(
+            "http_unauthorized",
+            "Requests refused with 401 (no or a wrong PHOTOFIELD_AI_API_KEY)",
+            namespace=ns,
+            registry=r,
+        )
         # A gauge of 1 rather than an Info (same exposition line; Info has no multiprocess mode).
         self.model_info = Gauge(
             "model_info",

@@ -7,9 +7,8 @@ Handlers parse and validate, run the family's pre-step (decode, tokenize) in wor
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import Any
+from collections.abc import Awaitable
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -18,16 +17,18 @@ from starlette.responses import JSONResponse, Response
 from photofield_ai.api.errors import ApiError
 from photofield_ai.api.multipart import FilePart
 from photofield_ai.api.requests import (
+    check_unicode,
     describe_part,
     embedding_fields,
     engine_of,
     image_model,
     in_decode_thread,
+    parse_json,
     read_file_parts,
     text_model,
     unless_disconnected,
 )
-from photofield_ai.families import ImageEncoder
+from photofield_ai.families import ImageEncoder, TextEncoder
 from photofield_ai.families.base import Array
 from photofield_ai.imaging.decode import declared_pixels
 from photofield_ai.imaging.errors import (
@@ -35,6 +36,7 @@ from photofield_ai.imaging.errors import (
     ImageTooLargeError,
     UnsupportedImageFormatError,
 )
+from photofield_ai.serving.engine import ServedEmbeddingModel
 from photofield_ai.serving.layout import INLINE_DECODE_PIXELS, INLINE_TOKENIZE_CHARS
 
 
@@ -56,23 +58,29 @@ def image_error_status(exc: ImageDecodeError) -> int:
     return 422
 
 
-async def _preprocess_part(
-    request: Request, encoder: ImageEncoder, index: int, part: FilePart
+async def preprocess_image(
+    request: Request, encoder: ImageEncoder, data: bytes, where: str
 ) -> Array:
+    """Image bytes → one model input row, decoded off the event loop (small images inline in
+    a multi-worker server); a bad image is the client's 4xx, naming `where` it was."""
     engine = engine_of(request)
     started = time.perf_counter()
     try:
-        if engine.decode_inline and (declared_pixels(part.data) or 0) <= INLINE_DECODE_PIXELS:
-            array = encoder.preprocess(part.data, engine.decode_limits)
+        if engine.decode_inline and (declared_pixels(data) or 0) <= INLINE_DECODE_PIXELS:
+            array = encoder.preprocess(data, engine.decode_limits)
         else:
-            array = await in_decode_thread(
-                request, encoder.preprocess, part.data, engine.decode_limits
-            )
+            array = await in_decode_thread(request, encoder.preprocess, data, engine.decode_limits)
     except ImageDecodeError as exc:
-        where = describe_part(index, part.field, part.filename)
         raise ApiError(image_error_status(exc), f"{where}: {exc}") from None
     engine.metrics.preprocess.labels("image").observe(time.perf_counter() - started)
     return array
+
+
+def _preprocess_part(
+    request: Request, encoder: ImageEncoder, index: int, part: FilePart
+) -> Awaitable[Array]:
+    where = describe_part(index, part.field, part.filename)
+    return preprocess_image(request, encoder, part.data, where)
 
 
 async def image_embeddings(request: Request) -> Response:
@@ -93,14 +101,7 @@ async def image_embeddings(request: Request) -> Response:
 
 
 def parse_texts(body: bytes, limit: int) -> list[str]:
-    try:
-        payload: Any = json.loads(body)
-    except UnicodeDecodeError:
-        raise ApiError(400, "request body is not valid UTF-8") from None
-    except RecursionError:
-        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, and Python's limit on an integer's digits
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    payload = parse_json(body)
     if not isinstance(payload, dict):
         raise ApiError(400, 'request body must be a JSON object like {"texts": ["..."]}')
     if "texts" not in payload:
@@ -111,23 +112,16 @@ def parse_texts(body: bytes, limit: int) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ApiError(400, f'"texts"[{i}] must be a string, not {type(text).__name__}')
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # "\ud800": valid JSON, not valid Unicode
-            raise ApiError(
-                400, f'"texts"[{i}] is not valid Unicode (it has an unpaired surrogate)'
-            ) from None
+        check_unicode(text, f'"texts"[{i}]')
     if len(texts) > limit:
         raise ApiError(413, f"{len(texts)} texts in one request, more than the limit of {limit}")
     return texts
 
 
-async def text_embeddings(request: Request) -> Response:
+async def tokenize_texts(
+    request: Request, model: ServedEmbeddingModel[TextEncoder], texts: list[str]
+) -> list[Array]:
     engine = engine_of(request)
-    model = text_model(request)
-    texts = parse_texts(await request.body(), engine.settings.max_texts_per_request)
-    if not texts:
-        return JSONResponse({"texts": []})
     started = time.perf_counter()
     if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
         # A search: a few words, tokenized here in well under a millisecond (no thread hop,
@@ -139,7 +133,17 @@ async def text_embeddings(request: Request) -> Response:
             limiter=engine.tokenize_limiter,
         )
     engine.metrics.preprocess.labels("text").observe((time.perf_counter() - started) / len(texts))
-    outputs = await unless_disconnected(request, model.batcher.submit_many(tokens))
+    return tokens
+
+
+async def text_embeddings(request: Request) -> Response:
+    engine = engine_of(request)
+    model = text_model(request)
+    texts = parse_texts(await request.body(), engine.settings.max_texts_per_request)
+    if not texts:
+        return JSONResponse({"texts": []})
+    tokens = await tokenize_texts(request, model, texts)
+    outputs = await unless_disconnected(request, model.embed(tokens))
     return JSONResponse(
         {
             "texts": [

@@ -9,7 +9,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from photofield_ai.api.errors import BodyTooLargeError
+from photofield_ai.api.errors import BodyTooLargeError, error_payload
 from photofield_ai.metrics import Metrics
 
 _SLASHES = re.compile(r"/{2,}")
@@ -29,8 +29,16 @@ class CollapseSlashes:
         await self.app(scope, receive, send)
 
 
-async def _send_json(send: Send, status: int, payload: dict[str, str]) -> None:
-    body = json.dumps(payload).encode()
+async def send_error(
+    send: Send,
+    scope: Scope,
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """An error answered from middleware, before any app code ran; the connection is closed
+    (the body may be left unread)."""
+    body = json.dumps(error_payload(scope["path"], status, message)).encode()
     await send(
         {
             "type": "http.response.start",
@@ -39,6 +47,7 @@ async def _send_json(send: Send, status: int, payload: dict[str, str]) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                *(headers or []),
             ],
         }
     )
@@ -92,12 +101,12 @@ class LimitBodySize:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await _send_json(send, 400, {"error": "invalid Content-Length header"})
+                    await send_error(send, scope, 400, "invalid Content-Length header")
                     return
                 if declared > max_bytes:
                     if declared - max_bytes <= _DISCARD_BYTES:
                         await _discard_body(receive)
-                    await _send_json(send, 413, {"error": message})
+                    await send_error(send, scope, 413, message)
                     return
         received = 0
         started = False
@@ -123,7 +132,7 @@ class LimitBodySize:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLargeError:
             if not started:
-                await _send_json(send, 413, {"error": message})
+                await send_error(send, scope, 413, message)
 
 
 class RecordHttpMetrics:

@@ -16,6 +16,156 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
+_OPENAI_ERROR = {"$ref": "#/components/schemas/OpenAIError"}
+
+
+def _openai_errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {"description": "error", "content": {"application/json": {"schema": _OPENAI_ERROR}}}
+        for s in statuses
+    }
+
+
+def _openai_schemas(model: str | None, dimensions: int | None) -> dict[str, Any]:
+    inline_image = {
+        "type": "string",
+        "description": "a data URI (data:image/jpeg;base64,...) or bare base64; URLs are refused",
+    }
+    item = {
+        "oneOf": [
+            {"type": "string", "description": "a text"},
+            {
+                "type": "object",
+                "description": 'a text: {"type": "text", "text": ...} or {"text": ...}',
+                "required": ["text"],
+                "properties": {"type": {"type": "string"}, "text": {"type": "string"}},
+            },
+            {
+                "type": "object",
+                "description": 'an image: {"type": "image", "image": ...} or {"image": ...}',
+                "required": ["image"],
+                "properties": {"type": {"type": "string"}, "image": inline_image},
+            },
+            {
+                "type": "object",
+                "description": 'an image as OpenAI content parts: {"type": "image_url", '
+                '"image_url": {"url": ...}} or {"type": "input_image", "image_url": ...}',
+                "required": ["image_url"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "image_url": {
+                        "oneOf": [
+                            inline_image,
+                            {
+                                "type": "object",
+                                "required": ["url"],
+                                "properties": {"url": inline_image},
+                            },
+                        ]
+                    },
+                },
+            },
+        ]
+    }
+    return {
+        "OpenAIError": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["message", "type"],
+                    "properties": {
+                        "message": {"type": "string"},
+                        "type": {"type": "string"},
+                        "param": {"type": "string", "nullable": True},
+                        "code": {"type": "string", "nullable": True},
+                    },
+                }
+            },
+        },
+        "EmbeddingsRequest": {
+            "type": "object",
+            "required": ["input"],
+            "properties": {
+                "model": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "the id from GET /v1/models; null or absent: that one",
+                    **({"enum": [model, None]} if model else {}),
+                },
+                "input": {"oneOf": [item, {"type": "array", "items": item, "minItems": 1}]},
+                "encoding_format": {
+                    "type": "string",
+                    "nullable": True,
+                    "enum": ["float", "base64", None],
+                },
+                "dimensions": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "only the model's own",
+                    **({"enum": [dimensions, None]} if dimensions else {}),
+                },
+                "user": {"type": "string", "nullable": True},
+            },
+        },
+        "Embeddings": {
+            "type": "object",
+            "required": ["object", "data", "model", "usage"],
+            "properties": {
+                "object": {"type": "string", "enum": ["list"]},
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["object", "index", "embedding"],
+                        "properties": {
+                            "object": {"type": "string", "enum": ["embedding"]},
+                            "index": {"type": "integer", "minimum": 0},
+                            "embedding": {
+                                "description": "L2-normalized; base64: little-endian float32",
+                                "oneOf": [
+                                    {"type": "array", "items": {"type": "number"}},
+                                    {"type": "string", "format": "byte"},
+                                ],
+                            },
+                        },
+                    },
+                },
+                "model": {"type": "string"},
+                "usage": {
+                    "type": "object",
+                    "required": ["prompt_tokens", "total_tokens"],
+                    "properties": {
+                        "prompt_tokens": {"type": "integer", "minimum": 0},
+                        "total_tokens": {"type": "integer", "minimum": 0},
+                    },
+                },
+            },
+        },
+        "Models": {
+            "type": "object",
+            "required": ["object", "data"],
+            "properties": {
+                "object": {"type": "string", "enum": ["list"]},
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "object", "created", "owned_by"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "object": {"type": "string", "enum": ["model"]},
+                            "created": {"type": "integer"},
+                            "owned_by": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -59,7 +209,9 @@ def _list_of(key: str, required: list[str], properties: dict[str, Any]) -> dict[
     }
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(model: str | None = None, dimensions: int | None = None) -> dict[str, Any]:
+    """The document; with the served `model` id and its `dimensions`, /v1/embeddings' request
+    schema names the only values it takes."""
     embedding_props = {
         "embedding_f16_b64": {
             "type": "string",
@@ -134,6 +286,35 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "head": _readiness("face"),
             },
+            "/v1/embeddings": {
+                "post": {
+                    "summary": "OpenAI-compatible embeddings of texts and inline images, in one "
+                    "request if need be",
+                    "requestBody": {
+                        "required": True,
+                        **_json({"$ref": "#/components/schemas/EmbeddingsRequest"}),
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "embeddings in input order",
+                            **_json({"$ref": "#/components/schemas/Embeddings"}),
+                        },
+                        **_openai_errors(400, 401, 404, 413, 415, 422, 500, 503),
+                    },
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "summary": "The model /v1/embeddings serves",
+                    "responses": {
+                        "200": {
+                            "description": "one model",
+                            **_json({"$ref": "#/components/schemas/Models"}),
+                        },
+                        **_openai_errors(401),
+                    },
+                }
+            },
             "/health": {
                 "get": {
                     "summary": "Liveness",
@@ -163,6 +344,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": {
+                **_openai_schemas(model, dimensions),
                 "Error": {
                     "type": "object",
                     "required": ["error"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -62,6 +63,29 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         return work_task.result()
     work_task.cancel()
     raise ClientDisconnect
+
+
+def parse_json(body: bytes) -> Any:
+    """A JSON request body, or a 400 that says what is wrong with it (never a 500: too deep,
+    an integer with too many digits, bytes that are not UTF-8)."""
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
+    except RecursionError:
+        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and Python's limit on an integer's digits
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def check_unicode(text: str, where: str) -> None:
+    """ "\ud800" is valid JSON but not valid Unicode: refuse it before it reaches a tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, f"{where} is not valid Unicode (it has an unpaired surrogate)"
+        ) from None
 
 
 def embedding_fields(vector: np.ndarray[Any, Any]) -> dict[str, Any]:

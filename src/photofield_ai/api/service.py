@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from photofield_ai.api.openai import model_id
 from photofield_ai.api.openapi import openapi_document
 from photofield_ai.api.requests import engine_of
 
@@ -27,4 +28,7 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(openapi_document())
+    engine = engine_of(request)
+    served = engine.textual or engine.visual
+    dimensions = served.spec.output_dim if served is not None else None
+    return JSONResponse(openapi_document(model_id(engine), dimensions))

@@ -9,6 +9,9 @@ tower, a face detector) is decided above, by the family or pipeline that uses it
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,12 +90,21 @@ class Session(Protocol):
 
 class OnnxSession:
     """A loaded single-input model. `run` is thread-safe (ONNX Runtime sessions allow
-    concurrent Run calls), so K batches in flight share one copy of the weights."""
+    concurrent Run calls), so K batches in flight share one copy of the weights.
+
+    It can also let go of its ONNX Runtime session when idle (`unload_if_idle`) and open it
+    again on the next `run`; callers that arrive during that load wait for the same load."""
 
     def __init__(self, path: Path, providers: list[str], intra_op_threads: int = 0) -> None:
         self.path = path
         self.intra_op_threads = intra_op_threads
-        self.session = open_session(path, providers, intra_op_threads)
+        self._requested_providers = list(providers)
+        self._session: ort.InferenceSession | None = open_session(path, providers, intra_op_threads)
+        self._lock = threading.Lock()
+        self._running = 0
+        self.last_used = time.monotonic()
+        # Called with the seconds a load took, after each load that follows an unload.
+        self.on_load: Callable[[float], None] | None = None
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ModelLoadError(f"{path}: expected one input, found {len(inputs)}")
@@ -111,12 +123,54 @@ class OnnxSession:
     def dynamic_batch(self) -> bool:
         return not isinstance(self.input_shape[0], int)
 
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The ONNX Runtime session, opened again first if it was unloaded."""
+        with self._lock:
+            return self._open()
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def _open(self) -> ort.InferenceSession:
+        """Under the lock: the session, loading it if it was unloaded."""
+        if self._session is None:
+            started = time.perf_counter()
+            self._session = open_session(
+                self.path, self._requested_providers, self.intra_op_threads
+            )
+            if self.on_load is not None:
+                self.on_load(time.perf_counter() - started)
+        return self._session
+
     def run(
         self, batch: Array, output_names: list[str] | None = None
     ) -> list[npt.NDArray[np.floating]]:
         """The outputs (all, or those named) of one stacked batch, in the model's own dtypes."""
         feed = batch if batch.dtype == self._input_dtype else batch.astype(self._input_dtype)
-        outputs: list[npt.NDArray[np.floating]] = self.session.run(
-            output_names, {self.input_name: feed}
-        )
+        with self._lock:
+            session = self._open()
+            self._running += 1
+        try:
+            outputs: list[npt.NDArray[np.floating]] = session.run(
+                output_names, {self.input_name: feed}
+            )
+        finally:
+            with self._lock:
+                self._running -= 1
+                self.last_used = time.monotonic()
         return outputs
+
+    def unload_if_idle(self, idle_s: float) -> bool:
+        """Let go of the ONNX Runtime session (its weights and arenas) if no call is running
+        and none has run for `idle_s`. Never waits: a load in progress means "not idle"."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._session is None or self._running or time.monotonic() - self.last_used < idle_s:
+                return False
+            self._session = None
+            return True
+        finally:
+            self._lock.release()

@@ -9,9 +9,10 @@ applies â€” device defaults, search before indexing, lowered indexing threads â€
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
@@ -31,10 +32,13 @@ from photofield_ai.families.base import Array
 from photofield_ai.imaging.budget import DecodeBudget
 from photofield_ai.imaging.decode import DecodeLimits
 from photofield_ai.metrics import Metrics
+from photofield_ai.runtime.session import Session
 from photofield_ai.runtime.threads import lowered_executor
 from photofield_ai.serving import layout
 from photofield_ai.serving.faces import FacePipeline, detector_runner, recognizer_runner
+from photofield_ai.serving.idle import IdleUnloader
 from photofield_ai.serving.loading import LoadedModels
+from photofield_ai.serving.text_cache import TextEmbeddingCache
 
 log = logging.getLogger("photofield_ai")
 
@@ -56,6 +60,7 @@ class ModelPlan:
     run_alone: RunBatch | None = None  # the adaptive layout's every-core session
     warmup: Callable[[], None] | None = None
     spec: ModelSpec | None = None  # embedding models: what the family's pre-step needs
+    sessions: tuple[Session, ...] = ()  # what idle unload may release
 
 
 E = TypeVar("E", bound=Encoder)
@@ -63,14 +68,23 @@ E = TypeVar("E", bound=Encoder)
 
 @dataclass
 class ServedEmbeddingModel(Generic[E]):
-    """An embedding model as the request path sees it: its queue and its family's pre-step."""
+    """An embedding model as the request path sees it: its queue, its family's pre-step and,
+    for text, the cache in front of the queue."""
 
     batcher: ModelQueue
     encoder: E
+    cache: TextEmbeddingCache | None = None
 
     @property
     def spec(self) -> ModelSpec:
         return self.encoder.spec
+
+    def embed(self, rows: Sequence[Array]) -> Awaitable[list[Array]]:
+        """Queue the rows now (a full queue refuses at once); their outputs, in order.
+        Cancelling the result drops what is still queued."""
+        if self.cache is None:
+            return self.batcher.submit_many(rows)
+        return asyncio.ensure_future(self.cache.submit_through(self.batcher.submit_many, rows))
 
 
 def plan_models(settings: Settings, models: LoadedModels) -> list[ModelPlan]:
@@ -95,6 +109,7 @@ def plan_models(settings: Settings, models: LoadedModels) -> list[ModelPlan]:
                 run_alone=loaded.run_alone if loaded.alone is not None else None,
                 warmup=loaded.warmup,
                 spec=loaded.encoder.spec,
+                sessions=tuple(s for s in (loaded.session, loaded.alone) if s is not None),
             )
         )
     if models.faces is not None:
@@ -128,6 +143,7 @@ def plan_models(settings: Settings, models: LoadedModels) -> list[ModelPlan]:
                         "input_size": str(session.input_shape[-1]),
                     },
                     example=functools.partial(np.zeros, (1, 3, side, side), np.float32),
+                    sessions=(session,),
                 )
             )
     return plans
@@ -155,6 +171,12 @@ class Engine:
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         # Tokenizing is search work: never queued behind image decodes.
         self.tokenize_limiter = anyio.CapacityLimiter(layout.TOKENIZE_THREADS)
+        self.text_cache = (
+            TextEmbeddingCache(settings.text_cache_size, metrics)
+            if settings.text_cache_size
+            else None
+        )
+        self.idle_unloader: IdleUnloader | None = None
         self.started = False
         self.draining = False
         self.batchers: dict[str, DynamicBatcher] = {}
@@ -169,6 +191,13 @@ class Engine:
             for plan in self.plans:
                 self.batchers[plan.name] = await self._serve(plan, gate)
             self._expose(self.models)
+            if self.settings.model_idle_unload_s is not None:
+                self.idle_unloader = IdleUnloader(
+                    self.settings.model_idle_unload_s,
+                    {plan.name: plan.sessions for plan in self.plans},
+                    self.metrics,
+                )
+                self.idle_unloader.start()
         self.started = True
 
     @property
@@ -222,7 +251,9 @@ class Engine:
             log.info(models.visual.describe())
         if models.textual is not None:
             assert isinstance(models.textual.encoder, TextEncoder)
-            self.textual = ServedEmbeddingModel(b["textual"], models.textual.encoder)
+            self.textual = ServedEmbeddingModel(
+                b["textual"], models.textual.encoder, self.text_cache
+            )
             log.info(models.textual.describe())
         if models.faces is not None:
             self.faces = FacePipeline(
@@ -241,6 +272,8 @@ class Engine:
     async def close(self) -> None:
         """Stop taking work; let queued and running batches finish within the grace period."""
         self.draining = True
+        if self.idle_unloader is not None:
+            await self.idle_unloader.close()
         for batcher in self.batchers.values():
             await batcher.close(self.settings.shutdown_grace_s)
         for executor in [*self._executors, self.decode_threads]:

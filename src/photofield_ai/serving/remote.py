@@ -273,7 +273,7 @@ class RemoteEngine(Engine):
             if name == "visual" and isinstance(encoder, ImageEncoder):
                 self.visual = ServedEmbeddingModel(queue, encoder)
             elif name == "textual" and isinstance(encoder, TextEncoder):
-                self.textual = ServedEmbeddingModel(queue, encoder)
+                self.textual = ServedEmbeddingModel(queue, encoder, self.text_cache)
         if "face_detector" in queues and "face_recognizer" in queues:
             self.faces = FacePipeline(
                 queues["face_detector"],
