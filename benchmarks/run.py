@@ -22,6 +22,7 @@ from benchmarks import report
 from benchmarks.accelerator import accelerator_table
 from benchmarks.ceiling import model_ceiling
 from benchmarks.common import Config
+from benchmarks.features import features_section
 from benchmarks.http_tables import http_tables, lone_request_latency, text_under_load
 from benchmarks.photofield import mixed_load
 from benchmarks.process import process_ceiling
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         workers, accelerator_conc = [1, 2], [1, 64] if quick else [1, 4, 64]
     accelerator_lines, accelerator_rows = accelerator_table(cfg, workers, accelerator_conc)
     mixed_lines, mixed = ([], None) if args.gpu else mixed_load(cfg, dtype)
+    feature_lines = features_section(cfg)
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     minutes = (time.time() - started) / 60
     report.write(
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         + load_lines
         + process_lines
         + accelerator_lines
-        + mixed_lines,
+        + mixed_lines
+        + feature_lines,
     )
     print(f"wrote {args.out}")
     return 0
