@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from benchmarks.common import Config, fmt_ms, searches, table, thumbnails
+from benchmarks.common import MODEL_PATH_ONLY, Config, fmt_ms, searches, table, thumbnails
 from benchmarks.counters import Activity, inference_process_cpu_s, measure
 from benchmarks.load import LoadResult, Workload, run_load
 from photofield_ai.runtime.simulated import parse
@@ -67,7 +67,7 @@ def _start(cfg: Config, workers: int) -> ServerProcess:
         visual, textual = generate("vit-b-32", "float16", cfg.workdir / "models")
         env = {**cfg.server_env, "PHOTOFIELD_AI_WORKERS": str(workers)}
         return start_server(cfg.workdir / "servers", visual, textual, 600, **env)
-    env = {**SIMULATED, "PHOTOFIELD_AI_WORKERS": str(workers)}
+    env = {**SIMULATED, **MODEL_PATH_ONLY, "PHOTOFIELD_AI_WORKERS": str(workers)}
     return start_server(cfg.workdir / "servers", None, None, 120, **env)
 
 

@@ -27,6 +27,7 @@ class ServerCounters:
     batches: float
     cpu_s: float | None
     loop_cpu_s: float | None
+    cache_hits: float = 0.0
 
     @classmethod
     def read(cls, server: ServerProcess, model: str) -> ServerCounters:
@@ -34,10 +35,16 @@ class ServerCounters:
         with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
             text = response.read().decode()
         values: dict[str, float] = {}
+        cache_hits = 0.0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.labels.get("model") == model:
                     values[sample.name] = sample.value
+                elif (
+                    sample.name == "photofield_ai_text_cache_lookups_total"
+                    and sample.labels.get("result") == "hit"
+                ):
+                    cache_hits += sample.value
         return cls(
             at,
             values.get("photofield_ai_inference_seconds_sum", 0.0),
@@ -45,6 +52,7 @@ class ServerCounters:
             values.get("photofield_ai_batch_size_count", 0.0),
             tree_cpu_s(server.process.pid),
             http_loop_cpu_s(server.process.pid),
+            cache_hits,
         )
 
     def since(self, before: ServerCounters) -> Activity:
@@ -137,7 +145,15 @@ def measure(
 ) -> tuple[LoadResult, Activity]:
     before = ServerCounters.read(server, model)
     result = run()
-    return result, ServerCounters.read(server, model).since(before)
+    after = ServerCounters.read(server, model)
+    if after.cache_hits > before.cache_hits:
+        # A measured figure is about the model path: a text answered from the cache would make
+        # it a cache benchmark (benchmarks/features.py measures that, on purpose).
+        raise RuntimeError(
+            f"{after.cache_hits - before.cache_hits:.0f} texts were answered from the text "
+            "cache during a measured run: start the server with MODEL_PATH_ONLY"
+        )
+    return result, after.since(before)
 
 
 def result_row(label: str, batching: str, r: LoadResult, a: Activity) -> list[str]:

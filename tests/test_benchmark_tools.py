@@ -78,6 +78,14 @@ def test_server_counters_follow_the_work(server: ServerProcess) -> None:
     assert ServerCounters.read(server, "textual").items == before.items
 
 
+def test_a_measured_run_answered_by_the_text_cache_is_refused(server: ServerProcess) -> None:
+    """The model-path tables must not quietly measure the cache (the fixture server has it on,
+    like the defaults): one repeated text is answered from it after its first miss."""
+    repeated = Workload("text", texts=("the same query again",))
+    with pytest.raises(RuntimeError, match="answered from the text cache"):
+        measure(server, "textual", lambda: run_load(server.url, repeated, 2, 0.0, 0.5))
+
+
 def test_gpu_benchmark_refuses_a_machine_without_cuda() -> None:
     """Rather than measuring the CPU under a GPU heading."""
     if "CUDAExecutionProvider" in ort.get_available_providers():
