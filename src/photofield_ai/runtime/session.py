@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +39,17 @@ NUMPY_TYPES: dict[str, type[np.generic]] = {
 # models. The transformer only rewrites convolutions into the NCHWc layout and CLIP has one
 # (the patch embedding), so turning it off costs nothing measurable and is done for every model.
 DISABLED_OPTIMIZERS = ("NchwcTransformer",)
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    """A model output's name, element type and shape, copied out of ONNX Runtime's NodeArg:
+    a NodeArg keeps its whole session alive (weights included), so holding one would make an
+    idle unload free nothing."""
+
+    name: str
+    type: str
+    shape: list[int | str | None]
 
 
 class ModelLoadError(RuntimeError):
@@ -77,7 +89,7 @@ class Session(Protocol):
     input_name: str
     input_shape: list[int | str | None]
     input_type: str
-    outputs: Any
+    outputs: list[OutputInfo]
     providers: list[str]
 
     @property
@@ -105,15 +117,19 @@ class OnnxSession:
         self.last_used = time.monotonic()
         # Called with the seconds a load took, after each load that follows an unload.
         self.on_load: Callable[[float], None] | None = None
+        # Plain copies only: ONNX Runtime's NodeArgs would keep the session alive (OutputInfo).
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ModelLoadError(f"{path}: expected one input, found {len(inputs)}")
-        self.outputs = self.session.get_outputs()
+        self.outputs = [
+            OutputInfo(o.name, o.type, list(o.shape)) for o in self.session.get_outputs()
+        ]
         if not self.outputs:
             raise ModelLoadError(f"{path}: the model has no outputs")
         self.input_name: str = inputs[0].name
         self.input_shape: list[int | str | None] = list(inputs[0].shape)
         self.input_type: str = inputs[0].type
+        del inputs
         if self.input_type not in NUMPY_TYPES:
             raise ModelLoadError(f"{path}: unsupported input type {self.input_type}")
         self.providers: list[str] = list(self.session.get_providers())

@@ -19,10 +19,11 @@ from __future__ import annotations
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from photofield_ai.runtime.session import OutputInfo
 
 SCHEME = "simulated://"
 PROVIDER = "SimulatedAccelerator"
@@ -91,13 +92,6 @@ def parse(value: str) -> SimulatedModel:
     return SimulatedModel(kind, alpha, beta, size, 77, dim, dtype, pixel_input)
 
 
-@dataclass(frozen=True)
-class _NodeArg:
-    name: str
-    type: str
-    shape: list[Any]
-
-
 _ONNX_TYPES = {"float16": "tensor(float16)", "float32": "tensor(float)"}
 
 
@@ -124,7 +118,7 @@ class SimulatedSession:
             self.input_type = "tensor(int32)"
         self.input_name = "input"
         self.outputs = [
-            _NodeArg("output", _ONNX_TYPES[model.output_dtype], ["batch", model.output_dim])
+            OutputInfo("output", _ONNX_TYPES[model.output_dtype], ["batch", model.output_dim])
         ]
         rng = np.random.default_rng(0 if model.kind == "visual" else 1)
         self._projection = rng.standard_normal((16, model.output_dim)).astype(np.float32)
