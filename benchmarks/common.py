@@ -119,3 +119,17 @@ def bare_model(
 ) -> LoadedEmbeddingModel:
     """A model as the server loads it, for session calls without the server around them."""
     return load_embedding_model(path, providers, kind, intra_op_threads=intra_op_threads)
+
+
+def record_section(path: Path, name: str, lines: list[str]) -> None:
+    """Write `lines` into BENCHMARKS.md between `<!-- name:start -->` and `<!-- name:end -->`,
+    replacing what was there (or appending): sections that commands other than benchmarks.run
+    record, and that its rerun keeps (report.KEPT_SECTIONS)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = "\n".join([start, *lines, end])
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)

@@ -3,6 +3,7 @@ runs against the simulated accelerator; each sample is put in the stage of its i
 recognizable frame, and the CPU per request is split by those shares.
 
     python -m benchmarks.profile --kind image --workers 1 --concurrency 64
+    python -m benchmarks.profile --all --out BENCHMARKS.md   # both kinds, W = 1 and 2, recorded
 
 (py-spy comes with the development tools; it needs permission to read the server's memory, as
 root or with ptrace allowed.) Samples are of running threads only (py-spy's default), so a
@@ -15,13 +16,22 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import MODEL_PATH_ONLY, searches, table, thumbnails
+from benchmarks.common import (
+    MODEL_PATH_ONLY,
+    cpu_name,
+    record_section,
+    searches,
+    table,
+    thumbnails,
+)
 from benchmarks.counters import tree_cpu_s
 from benchmarks.load import run_load
 from photofield_ai.testing.server import descendants, start_server
@@ -132,9 +142,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--all", action="store_true", help="both kinds at W = 1 and 2")
+    parser.add_argument("--out", type=Path, help="record in this BENCHMARKS.md")
     args = parser.parse_args(argv)
-    lines, _ = profile(args.kind, args.workers, args.concurrency, args.seconds)
+    runs = (
+        [(kind, w) for kind in ("image", "text") for w in (1, 2)]
+        if args.all
+        else [(args.kind, args.workers)]
+    )
+    lines: list[str] = []
+    for kind, workers in runs:
+        lines += profile(kind, workers, args.concurrency, args.seconds)[0]
     print("\n".join(lines))
+    if args.out is not None:
+        command = "python -m benchmarks.profile " + " ".join(sys.argv[1:] if argv is None else argv)
+        record_section(
+            args.out,
+            "profile",
+            [
+                "## Where a request's CPU goes",
+                "",
+                f"`{command.strip()}`, {datetime.date.today().isoformat()}, {cpu_name()}, "
+                f"{os.cpu_count()} cores. The server on the simulated accelerator, closed loop, "
+                f"{args.seconds:g} s sampled with py-spy at 200 Hz over every thread of every "
+                "server process; each sample goes to the stage of its innermost recognizable "
+                "frame, and the CPU per request (all processes, measured) is split by those "
+                "shares. The load generator shares the machine; py-spy itself costs a little.",
+                "",
+                *lines,
+            ],
+        )
     return 0
 
 

@@ -18,9 +18,9 @@ from benchmarks.load import LoadResult
 from photofield_ai import __version__
 from photofield_ai.testing.generate import PRESETS
 
-# Sections other commands write into the same file (benchmarks.soak; comparisons recorded with
-# benchmarks.compare) and a rerun of this suite keeps.
-KEPT_SECTIONS = ("compare", "soak")
+# Sections other commands write into the same file (benchmarks.soak, benchmarks.profile;
+# comparisons recorded with benchmarks.compare) and a rerun of this suite keeps.
+KEPT_SECTIONS = ("compare", "profile", "soak")
 
 
 def summary(

@@ -21,13 +21,11 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import cpu_name, thumbnails
+from benchmarks.common import cpu_name, record_section, thumbnails
 from photofield_ai import __version__
 from photofield_ai.testing.generate import generate
 from photofield_ai.testing.server import start_server
 from tests.images import jpeg
-
-START, END = "<!-- soak:start -->", "<!-- soak:end -->"
 
 
 def rss_mb(pid: int) -> float:
@@ -101,16 +99,6 @@ async def soak(url: str, pid: int, seconds: float, warmup_s: float) -> SoakResul
     return SoakResult(statuses, after_warmup, rss_mb(pid), max(rss for _, rss in samples), samples)
 
 
-def record(report: list[str], path: Path) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "\n".join([START, *report, END])
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -154,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"| {k} | {n} |" for k, n in sorted(statuses.items())),
         "",
     ]
-    record(report, args.out)
+    record_section(args.out, "soak", report)
     print("\n".join(report))
     return 0 if server_errors == 0 and growth < 5 else 1
 
