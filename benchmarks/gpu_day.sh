@@ -3,7 +3,7 @@
 # CUDA 13 but no onnxruntime-gpu, no internet, and takes at most 64 MiB of files per call.
 #
 #   sh benchmarks/gpu_day.sh prepare    # here (with internet): every wheel the benchmark needs,
-#                                       # for CPython 3.12, as one tarball cut into <= 60 MiB
+#                                       # for CPython 3.12, as one tarball cut into <= 56 MiB
 #                                       # parts under .gpu/parts/ (gitignored)
 #   sh benchmarks/gpu_day.sh receive    # there, once per part, each call carrying the next part
 #                                       # (carry: [".gpu/parts/part-NN"]) to the same warm machine;
@@ -19,7 +19,7 @@ set -eu
 cd "$(dirname "$0")/.."
 gpu_dir=.gpu
 version=${ORT_GPU_VERSION:-1.31.1}
-part_bytes=$((60 * 1024 * 1024))
+part_bytes=$((56 * 1024 * 1024))  # + the working tree (~2 MiB) under the 64 MiB a call carries
 runtime_deps="onnxruntime-gpu==$version starlette python-multipart uvicorn httptools uvloop numpy
     PyTurboJPEG Pillow pillow-heif anyio huggingface-hub prometheus-client ftfy regex"
 
