@@ -16,6 +16,7 @@ from benchmarks.load import LoadResult, Workload, run_load, run_together
 from photofield_ai.testing import face_models
 from photofield_ai.testing.generate import generate
 from photofield_ai.testing.server import ServerProcess, start_server
+from tests.face_fakes import faces_env
 from tests.images import jpeg, photo
 from tests.test_hardening import parse_metric
 
@@ -46,9 +47,7 @@ def _server(cfg: Config, dtype: str, **env: str) -> ServerProcess:
         600,
         **{
             **cfg.server_env,
-            "PHOTOFIELD_AI_FACES_ENABLED": "1",
-            "PHOTOFIELD_AI_FACE_DETECTOR_MODEL": str(detector),
-            "PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL": str(recognizer),
+            **faces_env(detector, recognizer),
             **env,
         },
     )

@@ -89,6 +89,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
         assert needle in errors[0]
 
 
+def server_errors(srv: ServerProcess) -> list[str]:
+    """ERROR lines and tracebacks in a server's log: nothing a client sends may cause one."""
+    return [line for line in srv.log().splitlines() if " ERROR " in line or "Traceback" in line]
+
+
 def tiny_env(models: tuple[Path, Path], **extra: str) -> dict[str, str]:
     """PHOTOFIELD_AI_* for a CPU server on generated models, as `run_cli` and
     `Settings.from_env` take them; `extra` adds or overrides settings."""

@@ -215,3 +215,19 @@ def photo_with_marker(width: int, height: int, center: tuple[int, int], radius: 
         colour = (255, int(128 * (1 - k) ** 2), int(128 * (1 - k) ** 2))
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
     return image
+
+
+def faces_env(detector: Path, recognizer: Path) -> dict[str, str]:
+    """The settings that serve /faces with these two model files."""
+    return {
+        "PHOTOFIELD_AI_FACES_ENABLED": "1",
+        "PHOTOFIELD_AI_FACE_DETECTOR_MODEL": str(detector),
+        "PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL": str(recognizer),
+    }
+
+
+def fake_faces_env(folder: Path) -> dict[str, str]:
+    """`faces_env` for the fake detector and recognizer, written into `folder`."""
+    return faces_env(
+        write_detector(folder / "detector.onnx"), write_recognizer(folder / "recognizer.onnx")
+    )

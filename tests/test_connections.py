@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, start_server
-from tests.face_fakes import write_detector, write_recognizer
+from tests.conftest import ServerProcess, server_errors, start_server
+from tests.face_fakes import fake_faces_env
 from tests.images import jpeg
 from tests.test_hardening import parse_metric
 
@@ -38,13 +38,11 @@ def strict(
         folder,
         *tiny_float32,
         **TIMEOUTS,
-        PHOTOFIELD_AI_FACES_ENABLED="1",
-        PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(write_detector(folder / "d.onnx")),
-        PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL=str(write_recognizer(folder / "r.onnx")),
+        **fake_faces_env(folder),
     )
     yield srv
     srv.stop()
-    errors = [line for line in srv.log().splitlines() if " ERROR " in line or "Traceback" in line]
+    errors = server_errors(srv)
     assert errors == [], "\n".join(errors)
 
 
@@ -189,9 +187,7 @@ def test_sigterm_under_photofield_load_loses_nothing_and_faces_never_fail(
         tmp_path,
         *tiny_float32,
         PHOTOFIELD_AI_SHUTDOWN_DELAY_S="2",
-        PHOTOFIELD_AI_FACES_ENABLED="1",
-        PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(write_detector(tmp_path / "d.onnx")),
-        PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL=str(write_recognizer(tmp_path / "r.onnx")),
+        **fake_faces_env(tmp_path),
     )
     thumbnail, original = jpeg(256, 192), jpeg(1600, 1200)
     statuses: dict[str, list[int]] = {"thumbnails": [], "faces": [], "search": []}

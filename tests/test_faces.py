@@ -38,6 +38,7 @@ from tests.face_fakes import (
     FACES,
     encode_faces,
     expected_embedding,
+    faces_env,
     photo_with_marker,
     write_detector,
     write_marker_detector,
@@ -159,9 +160,7 @@ def face_server(
     srv = start_server(
         tmp_path_factory.mktemp("faces"),
         *tiny_float32,
-        PHOTOFIELD_AI_FACES_ENABLED="1",
-        PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(face_models[0]),
-        PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL=str(face_models[1]),
+        **faces_env(*face_models),
     )
     yield srv
     srv.stop()
@@ -221,9 +220,7 @@ def marker_server(
     srv = start_server(
         folder,
         *tiny_float32,
-        PHOTOFIELD_AI_FACES_ENABLED="1",
-        PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(write_marker_detector(folder / "marker.onnx")),
-        PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL=str(face_models[1]),
+        **faces_env(write_marker_detector(folder / "marker.onnx"), face_models[1]),
     )
     yield srv
     srv.stop()
@@ -413,9 +410,7 @@ def test_real_face_models_opt_in(tmp_path: Path, tiny_float32: tuple[Path, Path]
     srv = start_server(
         tmp_path,
         *tiny_float32,
-        PHOTOFIELD_AI_FACES_ENABLED="1",
-        PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(Path(folder) / "retinaface_mv2.onnx"),
-        PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL=str(Path(folder) / "edgeface_xxs.onnx"),
+        **faces_env(Path(folder) / "retinaface_mv2.onnx", Path(folder) / "edgeface_xxs.onnx"),
     )
     try:
         original = Image.open(photo).convert("RGB")
@@ -481,9 +476,7 @@ def test_shape_true_face_models_load_and_serve(
     srv = start_server(
         tmp_path,
         *tiny_float32,
-        PHOTOFIELD_AI_FACES_ENABLED="1",
-        PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(detector),
-        PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL=str(recognizer),
+        **faces_env(detector, recognizer),
     )
     try:
         r = post_faces(srv.url, jpeg(4000, 3000))

@@ -14,7 +14,7 @@ from photofield_ai.clip import preprocess as pp
 from photofield_ai.clip.tokenizer import CONTEXT_LENGTH, ClipTokenizer
 from photofield_ai.imaging import errors
 from tests.conftest import ServerProcess, start_server
-from tests.face_fakes import write_detector, write_recognizer
+from tests.face_fakes import fake_faces_env
 from tests.images import encode, jpeg, photo
 
 TOKENIZER = ClipTokenizer.from_package()
@@ -90,9 +90,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(
     server = start_server(
         tmp_path,
         *tiny_float32,
-        PHOTOFIELD_AI_FACES_ENABLED="1",
-        PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(write_detector(tmp_path / "detector.onnx")),
-        PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL=str(write_recognizer(tmp_path / "recognizer.onnx")),
+        **fake_faces_env(tmp_path),
     )
     try:
         _run_schemathesis(server, tmp_path)

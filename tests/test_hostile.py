@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from tests import hostile
-from tests.conftest import ServerProcess, start_server
-from tests.face_fakes import EXPECTED, write_detector, write_recognizer
+from tests.conftest import ServerProcess, server_errors, start_server
+from tests.face_fakes import EXPECTED, fake_faces_env
 from tests.images import encode, photo
 from tests.test_hardening import parse_metric
 
@@ -31,14 +31,12 @@ def hostile_server(
     srv = start_server(
         folder,
         *tiny_float32,
-        PHOTOFIELD_AI_FACES_ENABLED="1",
-        PHOTOFIELD_AI_FACE_DETECTOR_MODEL=str(write_detector(folder / "d.onnx")),
-        PHOTOFIELD_AI_FACE_RECOGNIZER_MODEL=str(write_recognizer(folder / "r.onnx")),
+        **fake_faces_env(folder),
     )
     yield srv
     srv.stop()
     # Nothing a client sent may be logged as a server error.
-    errors = [line for line in srv.log().splitlines() if " ERROR " in line or "Traceback" in line]
+    errors = server_errors(srv)
     assert errors == [], "\n".join(errors)
 
 
