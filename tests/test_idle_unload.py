@@ -4,6 +4,7 @@ loads them again and waits; requests that arrive during that load share it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from photofield_ai.serving.loading import LoadedModels
 from photofield_ai.testing.server import serve_in_thread
 from tests.conftest import CPU, ServerProcess, clip_model, start_server, wait_until
 from tests.images import jpeg
-from tests.test_hardening import metric
+from tests.test_hardening import metric, rss_bytes
 
 
 class SlowLoadSession(OnnxSession):
@@ -69,13 +70,6 @@ def heavy_model(path: Path, mib: int = 96) -> Path:
     return path
 
 
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_an_unloaded_model_returns_its_memory(tmp_path: Path) -> None:
     """The point of idle unload: the weights leave the process. Anything that keeps a reference
     into the ONNX Runtime session (its NodeArgs do) would keep them all."""
@@ -83,9 +77,9 @@ def test_an_unloaded_model_returns_its_memory(tmp_path: Path) -> None:
     session.run(np.ones((2, 1024), np.float32))
     unloader = IdleUnloader(0.0, {"heavy": [session]}, Metrics())
     trim_malloc()  # what loading left freed (the parsed model file) is not what is measured
-    loaded = rss_mib()
+    loaded = rss_bytes(os.getpid())
     assert unloader.check() == ["heavy"]
-    released = loaded - rss_mib()
+    released = (loaded - rss_bytes(os.getpid())) / 2**20
     assert released > 64, f"only {released:.0f} MiB of a 96 MiB weight returned"
     session.run(np.ones((1, 1024), np.float32))  # and it still answers, loaded again
     assert session.loaded
