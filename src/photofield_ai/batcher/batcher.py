@@ -263,22 +263,28 @@ class DynamicBatcher:
             return
         if timeout <= 0:
             return
-        while self._queue and len(self._queue) < self.policy.max_batch_size:
-            remaining = self._queue[0].enqueued + timeout - time.monotonic()
-            if remaining <= 0:
-                return
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                return
+
+        def left_s() -> float:
+            # The oldest item's own T: it can change while waiting (a cancelled item leaves).
+            if not self._queue or len(self._queue) >= self.policy.max_batch_size:
+                return 0.0
+            return self._queue[0].enqueued + timeout - time.monotonic()
+
+        await self._wait_for_changes(left_s)
 
     async def _wait_for_preparing(self) -> None:
         deadline = time.monotonic() + self.policy.wait_for_preparing_s
-        while self._preparing > 0 and len(self._queue) < self.policy.max_batch_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
+
+        def left_s() -> float:
+            if self._preparing <= 0 or len(self._queue) >= self.policy.max_batch_size:
+                return 0.0
+            return deadline - time.monotonic()
+
+        await self._wait_for_changes(left_s)
+
+    async def _wait_for_changes(self, left_s: Callable[[], float]) -> None:
+        """Wake on every queue change until `left_s()` (asked again after each) is <= 0."""
+        while (remaining := left_s()) > 0:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
