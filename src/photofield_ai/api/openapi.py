@@ -109,61 +109,54 @@ def _openai_schemas(model: str | None, dimensions: int | None) -> dict[str, Any]
                 "user": {"type": "string", "nullable": True},
             },
         },
-        "Embeddings": {
-            "type": "object",
-            "required": ["object", "data", "model", "usage"],
-            "properties": {
-                "object": {"type": "string", "enum": ["list"]},
-                "data": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["object", "index", "embedding"],
-                        "properties": {
-                            "object": {"type": "string", "enum": ["embedding"]},
-                            "index": {"type": "integer", "minimum": 0},
-                            "embedding": {
-                                "description": "L2-normalized; base64: little-endian float32",
-                                "oneOf": [
-                                    {"type": "array", "items": {"type": "number"}},
-                                    {"type": "string", "format": "byte"},
-                                ],
-                            },
-                        },
-                    },
-                },
-                "model": {"type": "string"},
-                "usage": {
-                    "type": "object",
-                    "required": ["prompt_tokens", "total_tokens"],
-                    "properties": {
-                        "prompt_tokens": {"type": "integer", "minimum": 0},
-                        "total_tokens": {"type": "integer", "minimum": 0},
-                    },
+        "Embeddings": _openai_list(
+            ["object", "index", "embedding"],
+            {
+                "object": {"type": "string", "enum": ["embedding"]},
+                "index": {"type": "integer", "minimum": 0},
+                "embedding": {
+                    "description": "L2-normalized; base64: little-endian float32",
+                    "oneOf": [
+                        {"type": "array", "items": {"type": "number"}},
+                        {"type": "string", "format": "byte"},
+                    ],
                 },
             },
-        },
-        "Models": {
-            "type": "object",
-            "required": ["object", "data"],
-            "properties": {
-                "object": {"type": "string", "enum": ["list"]},
-                "data": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "object", "created", "owned_by"],
-                        "properties": {
-                            "id": {"type": "string"},
-                            "object": {"type": "string", "enum": ["model"]},
-                            "created": {"type": "integer"},
-                            "owned_by": {"type": "string"},
-                        },
-                    },
+            model={"type": "string"},
+            usage={
+                "type": "object",
+                "required": ["prompt_tokens", "total_tokens"],
+                "properties": {
+                    "prompt_tokens": {"type": "integer", "minimum": 0},
+                    "total_tokens": {"type": "integer", "minimum": 0},
                 },
             },
-        },
+        ),
+        "Models": _openai_list(
+            ["id", "object", "created", "owned_by"],
+            {
+                "id": {"type": "string"},
+                "object": {"type": "string", "enum": ["model"]},
+                "created": {"type": "integer"},
+                "owned_by": {"type": "string"},
+            },
+        ),
     }
+
+
+def _openai_list(
+    required: list[str], properties: dict[str, Any], **fields: dict[str, Any]
+) -> dict[str, Any]:
+    """An OpenAI list body, `{"object": "list", "data": [item, ...], **fields}`: `_list_of`
+    with OpenAI's envelope around it."""
+    body = _list_of("data", required, properties)
+    body["required"] = ["object", "data", *fields]
+    body["properties"] = {
+        "object": {"type": "string", "enum": ["list"]},
+        **body["properties"],
+        **fields,
+    }
+    return body
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
