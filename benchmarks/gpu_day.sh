@@ -20,8 +20,9 @@ cd "$(dirname "$0")/.."
 gpu_dir=.gpu
 version=${ORT_GPU_VERSION:-1.31.1}
 part_bytes=$((56 * 1024 * 1024))  # + the working tree (~2 MiB) under the 64 MiB a call carries
-runtime_deps="onnxruntime-gpu==$version starlette python-multipart uvicorn httptools uvloop numpy
-    PyTurboJPEG Pillow pillow-heif anyio huggingface-hub prometheus-client ftfy regex"
+# photofield-ai's dependencies with the GPU build of ONNX Runtime, less PyTurboJPEG (below).
+binary_deps="onnxruntime-gpu==$version starlette python-multipart uvicorn httptools uvloop numpy
+    Pillow pillow-heif anyio huggingface-hub prometheus-client ftfy regex"
 
 prepare() {
     rm -rf "$gpu_dir/wheels" "$gpu_dir/parts"
@@ -35,7 +36,7 @@ prepare() {
         --python-version 3.12 --implementation cp --abi cp312 \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform any \
-        $(echo "$runtime_deps" | sed 's/PyTurboJPEG//') onnx onnxconverter-common httpx pyyaml
+        $binary_deps onnx onnxconverter-common httpx pyyaml
     # libturbojpeg itself (PyTurboJPEG's C library) from this machine, in case the device has
     # none; without it decoding falls back to Pillow and the numbers say less.
     turbo=$(ldconfig -p | awk '/libturbojpeg\.so\.0 .*x86-64/ {print $NF; exit}')
@@ -64,7 +65,7 @@ bench() {
     "$gpu_dir/venv/bin/pip" install --quiet --no-index --find-links "$gpu_dir/wheels" \
         --no-deps photofield-ai
     "$gpu_dir/venv/bin/pip" install --quiet --no-index --find-links "$gpu_dir/wheels" \
-        $runtime_deps onnx onnxconverter-common httpx pyyaml
+        $binary_deps PyTurboJPEG onnx onnxconverter-common httpx pyyaml
     # ONNX Runtime finds CUDA and cuDNN in the nvidia-* wheels PyTorch brought along.
     libs=$("$gpu_dir/venv/bin/python" - <<'EOF'
 import glob, os, site
