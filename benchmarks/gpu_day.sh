@@ -22,7 +22,7 @@ version=${ORT_GPU_VERSION:-1.31.1}
 part_bytes=$((56 * 1024 * 1024))  # + the working tree (~2 MiB) under the 64 MiB a call carries
 # photofield-ai's dependencies with the GPU build of ONNX Runtime, less PyTurboJPEG (below).
 binary_deps="onnxruntime-gpu==$version starlette python-multipart uvicorn httptools uvloop numpy
-    Pillow pillow-heif anyio huggingface-hub prometheus-client ftfy regex"
+    Pillow opencv-python-headless pillow-heif anyio huggingface-hub prometheus-client ftfy regex"
 
 prepare() {
     rm -rf "$gpu_dir/wheels" "$gpu_dir/parts"

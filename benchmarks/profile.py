@@ -36,11 +36,13 @@ from benchmarks.counters import tree_cpu_s
 from benchmarks.load import run_load
 from photofield_ai.testing.server import descendants, start_server
 
-# Stage ← path fragments of its frames, first match from the innermost frame outwards.
+# Stage ← fragments of its frames ("function (path:line)" in py-spy's raw output), first match
+# from the innermost frame outwards.
 STAGES = (
     ("JPEG decode (libjpeg-turbo)", ("turbojpeg.py",)),
-    ("resize (Pillow)", ("Image.py", "clip/preprocess.py")),
-    ("decode plumbing (header, budget, EXIF)", ("imaging/",)),
+    ("resize (OpenCV; Pillow when shrinking)", ("resize (", "resize_bicubic (")),
+    ("normalize (float32 CHW)", ("normalize (",)),
+    ("decode plumbing (header, budget, EXIF)", ("imaging/", "PIL/", "clip/preprocess.py")),
     ("tokenize", ("clip/tokenizer.py", "ftfy")),
     ("multipart", ("api/multipart.py", "multipart", "formparsers.py")),
     ("wire encoding (base64, norms)", ("clip/wire.py",)),

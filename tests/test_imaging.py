@@ -12,11 +12,18 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from photofield_ai.imaging.budget import DecodeBudget
-from photofield_ai.imaging.decode import dct_scale_covering, decode_cost, open_image
+from photofield_ai.imaging.decode import (
+    dct_scale_covering,
+    decode_cost,
+    make_upright,
+    make_upright_array,
+    open_image,
+)
 from photofield_ai.imaging.errors import ImageTooLargeError
 from tests import hostile
 from tests.conftest import wait_until
@@ -24,6 +31,14 @@ from tests.corpus import png_16bit_rgb
 from tests.images import encode, photo
 
 MIB = 1 << 20
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_array_transposes_are_pillows(orientation: int) -> None:
+    stored = photo(7, 5)
+    expected = np.asarray(make_upright(stored, orientation))
+    got = make_upright_array(np.asarray(stored), orientation)
+    assert got.shape == expected.shape and np.array_equal(got, expected)
 
 
 def test_budget_admits_in_order_and_refuses_what_never_fits() -> None:

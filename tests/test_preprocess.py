@@ -66,10 +66,27 @@ def reference_decode_and_crop(data: bytes, size: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "size", [(256, 256), (320, 480), (640, 427), (1024, 768), (2048, 1536), (4000, 3000)]
+    "size",
+    [
+        # enlarged whole with OpenCV, then cropped: Photofield's 256-px thumbnails, a 1:1
+        # short side, a small image
+        (256, 192),
+        (256, 171),
+        (171, 256),
+        (224, 300),
+        (90, 60),
+        # shrunk: crop box resized with Pillow, DCT-scaled from 1024×768 up
+        (256, 256),
+        (320, 480),
+        (640, 427),
+        (1024, 768),
+        (2048, 1536),
+        (4000, 3000),
+    ],
 )
 def test_fast_path_matches_reference(size: tuple[int, int]) -> None:
-    """libjpeg-turbo DCT scaling + crop-box resize against full decode + resize + crop."""
+    """libjpeg-turbo DCT scaling + crop-box resize (or whole enlarge + crop) against full
+    decode + resize + crop."""
     assert decode.turbojpeg_available(), "libjpeg-turbo (libturbojpeg) must be installed"
     data = jpeg(*size)
     fast = pp.decode_and_crop(data, S)
@@ -102,9 +119,19 @@ def test_real_photo_fast_path_is_near_exact(heavy_industry: bytes) -> None:
     assert quality >= 45
 
 
+def test_which_images_are_enlarged_whole() -> None:
+    assert pp.enlarges(256, 192, S) and pp.enlarges(192, 256, S) and pp.enlarges(224, 224, S)
+    assert not pp.enlarges(256, 256, S) and not pp.enlarges(4000, 3000, S)
+    # A strip's enlarged whole would be many crops' worth of pixels: its crop box is resized.
+    assert not pp.enlarges(100, 1000, S) and not pp.enlarges(1, 20000, S)
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_gives_upright_pixels(orientation: int) -> None:
-    upright = photo(400, 300)
+@pytest.mark.parametrize("stored_size", [(400, 300), (200, 150)], ids=["shrunk", "enlarged"])
+def test_exif_orientation_gives_upright_pixels(
+    orientation: int, stored_size: tuple[int, int]
+) -> None:
+    upright = photo(*stored_size)
     # Store the pixels so that applying `orientation` turns them upright again.
     inverse = {
         2: Image.Transpose.FLIP_LEFT_RIGHT,

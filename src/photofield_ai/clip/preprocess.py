@@ -1,10 +1,15 @@
 """CLIP image preprocessing: decode, upright, resize, center crop, normalize.
 
-The geometry is torchvision's `Resize(S)` + `CenterCrop(S)` as the original service used, but the
-fast path computes it from the original dimensions and resizes only the crop box out of a JPEG
-decoded at a libjpeg-turbo DCT scale. That keeps a 12-megapixel photo from ever being fully
-decoded and a 1×20000 strip from being resized whole, while staying within a rounding error of the
-reference (full decode + full resize + crop, kept here for tests).
+The geometry is torchvision's `Resize(S)` + `CenterCrop(S)` as the original service used, done
+one of two ways, both within a rounding error of the reference (full decode + full resize +
+crop, kept in tests/test_preprocess.py):
+- an image to be shrunk (a photo, or a thumbnail larger than S) has its geometry computed from
+  the original dimensions and only the crop box resized, with Pillow, out of a JPEG decoded at
+  a libjpeg-turbo DCT scale. That keeps a 12-megapixel photo from ever being fully decoded and a
+  1×20000 strip from being resized whole;
+- an image to be enlarged — Photofield's thumbnails: 256×192 has a 192-px short side — is
+  resized whole and then cropped, as torchvision does, with OpenCV (imaging/resize.py: six times
+  Pillow's speed, and enlarging is where its kernel agrees with Pillow's).
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ from PIL import Image
 
 from photofield_ai.imaging.decode import (
     DEFAULT_MAX_PIXELS,
+    DecodedImage,
     DecodeLimits,
     dct_scale_covering,
     decoded_rgb,
     make_upright,
+    make_upright_array,
 )
 from photofield_ai.imaging.errors import ImageDecodeError
+from photofield_ai.imaging.resize import resize_bicubic
 
 # OpenAI CLIP's normalization (clip/clip.py, _transform).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -82,6 +90,39 @@ def normalize(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     return chw
 
 
+# Enlarging whole costs the resized image's area; beyond this many crops' worth (a long strip),
+# the crop box is resized instead.
+_MAX_WHOLE_RESIZE_CROPS = 3
+
+
+def enlarges(width: int, height: int, size: int) -> bool:
+    """Whether Resize(size) enlarges this image (its short side is at most `size`) and the
+    enlarged whole is small enough to resize before cropping."""
+    if min(width, height) > size:
+        return False
+    rw, rh = resized_size(width, height, size)
+    return rw * rh <= _MAX_WHOLE_RESIZE_CROPS * size * size
+
+
+def enlarge_and_crop(pixels: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
+    """Upright H×W×3 → S×S×3: torchvision's Resize(S) of the whole image, then CenterCrop(S)."""
+    height, width = pixels.shape[:2]
+    rw, rh = resized_size(width, height, size)
+    resized = resize_bicubic(pixels, rw, rh)
+    left, top = round((rw - size) / 2.0), round((rh - size) / 2.0)
+    return resized[top : top + size, left : left + size]
+
+
+def _crop_box_resized(d: DecodedImage, size: int) -> npt.NDArray[np.uint8]:
+    decoded = make_upright(d.rgb, d.orientation)
+    box = crop_geometry(*d.upright_size, size).scaled(d.scale)
+    try:
+        out = decoded.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot resize image: {exc}") from None
+    return np.asarray(out, dtype=np.uint8)
+
+
 def decode_and_crop(
     data: bytes, size: int, limits: DecodeLimits | int = DEFAULT_MAX_PIXELS
 ) -> npt.NDArray[np.uint8]:
@@ -89,13 +130,10 @@ def decode_and_crop(
     if isinstance(limits, int):
         limits = DecodeLimits(limits)
     with decoded_rgb(data, limits, dct_scale=lambda w, h: choose_dct_scale(w, h, size)) as d:
-        decoded = make_upright(d.rgb, d.orientation)
-        box = crop_geometry(*d.upright_size, size).scaled(d.scale)
-        try:
-            out = decoded.resize((size, size), Image.Resampling.BICUBIC, box=box)
-        except (OSError, ValueError) as exc:
-            raise ImageDecodeError(f"cannot resize image: {exc}") from None
-        return np.asarray(out, dtype=np.uint8)
+        # An enlarged image is never DCT-scaled (its short side is already at most S).
+        if d.scale == 1.0 and enlarges(*d.upright_size, size):
+            return enlarge_and_crop(make_upright_array(d.array, d.orientation), size)
+        return _crop_box_resized(d, size)
 
 
 def preprocess_image(

@@ -21,7 +21,10 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
+import numpy as np
+import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from photofield_ai.imaging.budget import DecodeBudget
@@ -114,10 +117,12 @@ def turbojpeg_available() -> bool:
     return _turbojpeg() is not None
 
 
-def decode_jpeg_scaled(data: bytes, im: Image.Image, num: int, den: int) -> Image.Image | None:
-    """Decode with libjpeg-turbo at a DCT scale. None where libjpeg-turbo cannot do it (CMYK,
-    an unsupported process, no library): the caller falls back to Pillow. A damaged file is
-    an ImageDecodeError."""
+def decode_jpeg_scaled(
+    data: bytes, im: Image.Image, num: int, den: int
+) -> npt.NDArray[np.uint8] | None:
+    """Decode with libjpeg-turbo at a DCT scale, to an H×W×3 RGB array. None where
+    libjpeg-turbo cannot do it (CMYK, an unsupported process, no library): the caller falls
+    back to Pillow. A damaged file is an ImageDecodeError."""
     turbo = _turbojpeg()
     if turbo is None or im.mode not in ("RGB", "L"):
         return None
@@ -129,7 +134,7 @@ def decode_jpeg_scaled(data: bytes, im: Image.Image, num: int, den: int) -> Imag
         raise ImageDecodeError(f"damaged JPEG ({exc}); the picture is incomplete") from None
     except Exception:  # a fatal error: Pillow decides, in its own words
         return None
-    return Image.fromarray(rgb, "RGB")
+    return rgb  # type: ignore[no-any-return]
 
 
 # -- sniffing formats we do not decode ------------------------------------------------------
@@ -259,6 +264,25 @@ def make_upright(image: Image.Image, orientation: int) -> Image.Image:
     return image if transpose is None else image.transpose(transpose)
 
 
+def make_upright_array(pixels: npt.NDArray[np.uint8], orientation: int) -> npt.NDArray[np.uint8]:
+    """make_upright for an H×W×C array: the same eight transposes, as numpy views."""
+    if orientation == 2:
+        return pixels[:, ::-1]
+    if orientation == 3:
+        return pixels[::-1, ::-1]
+    if orientation == 4:
+        return pixels[::-1]
+    if orientation == 5:
+        return pixels.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(pixels, -1)
+    if orientation == 7:
+        return pixels[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 8:
+        return np.rot90(pixels, 1)
+    return pixels
+
+
 # -- memory ----------------------------------------------------------------------------------
 # Bytes per pixel of a Pillow image in memory by mode (Pillow keeps RGB as 4 bytes per pixel).
 _PILLOW_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
@@ -306,14 +330,36 @@ def pillow_rgb(im: Image.Image, min_size: tuple[int, int] | None = None) -> Imag
 
 @dataclass(frozen=True)
 class DecodedImage:
-    rgb: Image.Image  # as stored (not yet upright), possibly DCT-scaled
+    """Decoded pixels as stored (not yet upright), possibly DCT-scaled. libjpeg-turbo hands
+    back a numpy array and Pillow an Image; each becomes the other only when a caller asks
+    (a copy either way), so a path that stays in numpy never builds a Pillow image."""
+
+    decoded: Image.Image | npt.NDArray[np.uint8]  # RGB
     orientation: int  # EXIF, 1-8
     size: tuple[int, int]  # the stored image's declared width and height
+
+    @cached_property
+    def rgb(self) -> Image.Image:
+        if isinstance(self.decoded, Image.Image):
+            return self.decoded
+        return Image.fromarray(self.decoded, "RGB")
+
+    @cached_property
+    def array(self) -> npt.NDArray[np.uint8]:
+        """H×W×3 uint8."""
+        if isinstance(self.decoded, Image.Image):
+            return np.asarray(self.decoded, dtype=np.uint8)
+        return self.decoded
+
+    @property
+    def decoded_width(self) -> int:
+        d = self.decoded
+        return d.width if isinstance(d, Image.Image) else int(d.shape[1])
 
     @property
     def scale(self) -> float:
         """Decoded size ÷ declared size."""
-        return self.rgb.width / self.size[0]
+        return self.decoded_width / self.size[0]
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -333,7 +379,7 @@ def decoded_rgb(
     im = open_image(data, limits.max_pixels, formats)
     scale = dct_scale(*im.size) if dct_scale is not None and is_jpeg(im) else None
     with _admitted(limits, decode_cost(im, scale)):
-        rgb = None
+        rgb: Image.Image | npt.NDArray[np.uint8] | None = None
         if scale is not None:
             rgb = decode_jpeg_scaled(data, im, *scale)
             if rgb is None:  # libjpeg-turbo cannot: Pillow, at the same scale
