@@ -6,14 +6,33 @@ Per row: req/s, latency, the mean batch the server formed, and the server's CPU 
 its processes), of which on the HTTP event loops and in the inference process. The projection
 divides a host's cores by the CPU per request: what the work around the model allows there,
 stated as a projection, not a measurement.
+
+On its own, a repeat of section 5 without the rest of the suite (with --out, recorded in its own
+section of BENCHMARKS.md, which a full run keeps):
+
+    python -m benchmarks.accelerator --workers 1,2 --concurrency 1,64 --out BENCHMARKS.md
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import functools
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-from benchmarks.common import MODEL_PATH_ONLY, Config, fmt_ms, searches, table, thumbnails
+from benchmarks.common import (
+    MODEL_PATH_ONLY,
+    Config,
+    cpu_name,
+    fmt_ms,
+    record_section,
+    searches,
+    table,
+    thumbnails,
+)
 from benchmarks.counters import Activity, inference_process_cpu_s, measure
 from benchmarks.load import LoadResult, Workload, run_load
 from photofield_ai.runtime.simulated import parse
@@ -190,3 +209,44 @@ def _report(cfg: Config, rows: list[Row]) -> list[str]:
         body,
     )
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="1,2", help="comma-separated W values")
+    parser.add_argument("--concurrency", default="1,64", help="comma-separated C values")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per row")
+    parser.add_argument("--workdir", type=Path, default=Path(".bench"))
+    parser.add_argument("--out", type=Path, help="record in this BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    cfg = Config(False, False, args.workdir, args.seconds, 2.0, 1)
+    workers = [int(w) for w in args.workers.split(",")]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    print(f"CPU: {cpu_name()}")
+    lines, _ = accelerator_table(cfg, workers, concurrencies)
+    print("\n".join(lines))
+    if args.out is not None:
+        command = "python -m benchmarks.accelerator " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
+        # Section 5's own heading becomes a sub-heading of the repeat.
+        body = [line.replace("## 5. ", "### ", 1) for line in lines]
+        record_section(
+            args.out,
+            "accelerator-repeat",
+            [
+                "## Section 5 repeated on its own",
+                "",
+                f"`{command.strip()}`, {datetime.date.today().isoformat()}, {cpu_name()}, "
+                f"{os.cpu_count()} cores: the same measurement as section 5, run apart from "
+                "the full suite. Both are kept because this VM's speed drifts between runs "
+                "by as much as the targets' margins; read the two together.",
+                "",
+                *body,
+            ],
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
