@@ -13,7 +13,7 @@
 #                                       # suite, write $OUT/BENCHMARKS-gpu.md
 #
 # ORT_GPU_VERSION picks the onnxruntime-gpu build (default 1.31.1, CUDA 13). Sized so that the
-# parts and the bench fit one lease: about 6 calls of carrying, then the bench (< 5 minutes, an
+# parts and the bench fit one lease: about 7 calls of carrying, then the bench (< 5 minutes, an
 # estimate until it has run).
 set -eu
 cd "$(dirname "$0")/.."
