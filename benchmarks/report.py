@@ -20,7 +20,7 @@ from photofield_ai.testing.generate import PRESETS
 
 # Sections other commands write into the same file (benchmarks.soak, benchmarks.profile;
 # comparisons recorded with benchmarks.compare) and a rerun of this suite keeps.
-KEPT_SECTIONS = ("compare", "profile", "soak", "accelerator-repeat")
+KEPT_SECTIONS = ("compare", "profile", "soak", "accelerator-repeat", "versions")
 
 
 def summary(
