@@ -56,17 +56,21 @@ class Row:
     activity: Activity
     inference_cpu_s: float
 
+    # Per request: CPU time over the items the server itself counted between the same two
+    # readings (one item per request here). The readings bracket the warm-up too, so the
+    # client's count of the measured window alone would charge the warm-up's CPU to fewer
+    # requests (about 1.2× too much with 1 s of warm-up before 5 s measured).
     def cpu_ms(self) -> float | None:
-        n = self.result.requests_per_s * self.result.seconds
+        n = self.activity.items
         return 1000 * self.activity.cpu_s / n if self.activity.cpu_s is not None and n else None
 
     def loop_ms(self) -> float | None:
-        n = self.result.requests_per_s * self.result.seconds
+        n = self.activity.items
         loop = self.activity.loop_cpu_s
         return 1000 * loop / n if loop is not None and n else None
 
     def inference_ms(self) -> float:
-        n = self.result.requests_per_s * self.result.seconds
+        n = self.activity.items
         return 1000 * self.inference_cpu_s / n if n else 0.0
 
 
@@ -161,9 +165,10 @@ def _report(cfg: Config, rows: list[Row]) -> list[str]:
         f"The server on {model}; W = HTTP worker processes (`PHOTOFIELD_AI_WORKERS`; W > 1 adds "
         "one inference process that batches across the workers, tensors in shared memory). "
         f"Closed loop, {cfg.measure_s:.0f} s per row in {ROUNDS} alternating rounds. *CPU / "
-        "request* is every server process's CPU time over the requests answered (warm-up "
-        "included), *HTTP loops* the event-loop threads' share, *inference* the inference "
-        "process's. *Lone overhead* = C=1 p50 − one batch-1 call of the simulated model. "
+        "request* is every server process's CPU time over the items the server embedded "
+        "between the same two readings (warm-up included in both), *HTTP loops* the "
+        "event-loop threads' share, *inference* the inference process's. *Lone overhead* = "
+        "C=1 p50 − one batch-1 call of the simulated model. "
         f"*Projection* = {PROJECTION_CORES} cores ÷ CPU per request: what the work around the "
         "model would allow on a 16-core GPU host of this CPU class — a projection, not a "
         "measurement. The load generator shares this machine's cores.",
