@@ -62,14 +62,16 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     return int(size * width / height), size
 
 
-def crop_geometry(width: int, height: int, size: int) -> CropGeometry:
-    """The center crop of the resized image, mapped back into the original's coordinates.
+def center_crop_offsets(resized_width: int, resized_height: int, size: int) -> tuple[int, int]:
+    """Left and top of CenterCrop(size) in the resized image, rounded as torchvision's
+    `center_crop` does (round((resized - size) / 2))."""
+    return round((resized_width - size) / 2.0), round((resized_height - size) / 2.0)
 
-    Offsets are rounded as torchvision's `center_crop` does (round((resized - size) / 2)).
-    """
+
+def crop_geometry(width: int, height: int, size: int) -> CropGeometry:
+    """The center crop of the resized image, mapped back into the original's coordinates."""
     rw, rh = resized_size(width, height, size)
-    left = round((rw - size) / 2.0)
-    top = round((rh - size) / 2.0)
+    left, top = center_crop_offsets(rw, rh, size)
     sx, sy = width / rw, height / rh
     return CropGeometry(left * sx, top * sy, (left + size) * sx, (top + size) * sy)
 
@@ -109,7 +111,7 @@ def enlarge_and_crop(pixels: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np
     height, width = pixels.shape[:2]
     rw, rh = resized_size(width, height, size)
     resized = resize_bicubic(pixels, rw, rh)
-    left, top = round((rw - size) / 2.0), round((rh - size) / 2.0)
+    left, top = center_crop_offsets(rw, rh, size)
     return resized[top : top + size, left : left + size]
 
 
