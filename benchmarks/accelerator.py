@@ -26,6 +26,7 @@ from pathlib import Path
 from benchmarks.common import (
     MODEL_PATH_ONLY,
     Config,
+    command_line,
     cpu_name,
     fmt_ms,
     record_section,
@@ -231,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     lines, _ = accelerator_table(cfg, workers, concurrencies)
     print("\n".join(lines))
     if args.out is not None:
-        command = "python -m benchmarks.accelerator " + " ".join(
-            sys.argv[1:] if argv is None else argv
-        )
+        command = command_line("accelerator", argv)
         # Section 5's own heading becomes a sub-heading of the repeat.
         body = [line.replace("## 5. ", "### ", 1) for line in lines]
         record_section(
@@ -242,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 "## Section 5 repeated on its own",
                 "",
-                f"`{command.strip()}`, {datetime.date.today().isoformat()}, {cpu_name()}, "
+                f"`{command}`, {datetime.date.today().isoformat()}, {cpu_name()}, "
                 f"{os.cpu_count()} cores: the same measurement as section 5, run apart from "
                 "the full suite. Both are kept because this VM's speed drifts between runs "
                 "by as much as the targets' margins; read the two together.",

@@ -4,6 +4,7 @@ server on generated models, and markdown tables."""
 from __future__ import annotations
 
 import platform
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,12 @@ class Config:
                 **MODEL_PATH_ONLY,
             }
         return {"PHOTOFIELD_AI_RUNTIME": "cpu", **MODEL_PATH_ONLY}
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """How a report says it was made: `python -m benchmarks.<module>` and its arguments."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python -m benchmarks." + module, *args])
 
 
 def cpu_name() -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Config, fmt_ms, searches, start, table, thumbnails
+from benchmarks.common import Config, command_line, fmt_ms, searches, start, table, thumbnails
 from benchmarks.counters import Activity, measure
 from benchmarks.load import LoadResult, run_load, run_mixed
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     what = "text requests while images index" if args.kind == "search" else args.kind + " requests"
     lines = [
-        f"`python -m benchmarks.compare {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"`{command_line('compare', argv)}`",
         "",
         f"{what}, {args.rounds} rounds of {args.seconds:.0f} s per variant and "
         "concurrency, interleaved; req/s as mean (lowest–highest round).",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchmarks.common import (
     MODEL_PATH_ONLY,
+    command_line,
     cpu_name,
     record_section,
     searches,
@@ -157,14 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         lines += profile(kind, workers, args.concurrency, args.seconds)[0]
     print("\n".join(lines))
     if args.out is not None:
-        command = "python -m benchmarks.profile " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = command_line("profile", argv)
         record_section(
             args.out,
             "profile",
             [
                 "## Where a request's CPU goes",
                 "",
-                f"`{command.strip()}`, {datetime.date.today().isoformat()}, {cpu_name()}, "
+                f"`{command}`, {datetime.date.today().isoformat()}, {cpu_name()}, "
                 f"{os.cpu_count()} cores. The server on the simulated accelerator, closed loop, "
                 f"{args.seconds:g} s sampled with py-spy at 200 Hz over every thread of every "
                 "server process; each sample goes to the stage of its innermost recognizable "

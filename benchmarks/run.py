@@ -21,7 +21,7 @@ import onnxruntime as ort
 from benchmarks import report
 from benchmarks.accelerator import accelerator_table
 from benchmarks.ceiling import model_ceiling
-from benchmarks.common import Config
+from benchmarks.common import Config, command_line
 from benchmarks.features import features_section
 from benchmarks.http_tables import http_tables, lone_request_latency, text_under_load
 from benchmarks.photofield import mixed_load
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator_lines, accelerator_rows = accelerator_table(cfg, workers, accelerator_conc)
     mixed_lines, mixed = ([], None) if args.gpu else mixed_load(cfg, dtype)
     feature_lines = features_section(cfg)
-    command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("run", argv)
     minutes = (time.time() - started) / 60
     report.write(
         args.out,

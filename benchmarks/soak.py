@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import cpu_name, record_section, thumbnails
+from benchmarks.common import command_line, cpu_name, record_section, thumbnails
 from photofield_ai import __version__
 from photofield_ai.testing.generate import generate
 from photofield_ai.testing.server import start_server
@@ -121,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     server_errors = sum(n for k, n in statuses.items() if k.split()[1].startswith("5"))
     start, end = result.rss_start, result.rss_end
     growth = 100 * (end - start) / start
-    command = "python -m benchmarks.soak " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("soak", argv)
     report = [
         "## Soak",
         "",
-        f"- Command: `{command.strip()}`, {datetime.date.today().isoformat()}, {cpu_name()}, "
+        f"- Command: `{command}`, {datetime.date.today().isoformat()}, {cpu_name()}, "
         f"{os.cpu_count()} cores, photofield-ai {__version__}, generated `tiny` float32 models "
         "(many requests per second, so leaks show sooner)",
         f"- Traffic: 16 indexing workers (256-px JPEGs, 5 % 12-MP photos), 2 searchers, "

@@ -22,8 +22,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.accelerator import SIMULATED
 from benchmarks.common import (
     MODEL_PATH_ONLY,
+    command_line,
     cpu_name,
     record_section,
     searches,
@@ -33,11 +35,6 @@ from benchmarks.common import (
 from benchmarks.counters import tree_cpu_s
 from benchmarks.load import run_load
 from photofield_ai.testing.server import ServerProcess, start_server
-
-SIMULATED = {
-    "PHOTOFIELD_AI_VISUAL_MODEL": "simulated://visual",
-    "PHOTOFIELD_AI_TEXTUAL_MODEL": "simulated://textual",
-}
 
 
 @dataclass
@@ -101,6 +98,11 @@ def compare(
     ]
 
 
+def _git(root: Path, *args: str, check: bool = True) -> str:
+    command = ["git", "-C", str(root), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=check).stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="git revision to compare against")
@@ -112,23 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="record in this BENCHMARKS.md")
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parent.parent
-    head = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    head = _git(root, "rev-parse", "--short", "HEAD")
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
     checkout = Path(tempfile.mkdtemp(prefix="versions-base-")) / "tree"
-    subprocess.run(
-        ["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(checkout), args.base],
-        check=True,
-    )
+    _git(root, "worktree", "add", "--detach", "-q", str(checkout), args.base)
     rows: list[list[str]] = []
     try:
         for w in (int(v) for v in args.workers.split(",")):
@@ -137,14 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                     checkout / "src", root / "src", args.kind, w, c, args.rounds, args.seconds
                 )
     finally:
-        subprocess.run(
-            ["git", "-C", str(root), "worktree", "remove", "--force", str(checkout)], check=False
-        )
+        _git(root, "worktree", "remove", "--force", str(checkout), check=False)
     label = "256-px JPEG" if args.kind == "image" else "one text"
     header = ["code", "W", "C", "req/s", "CPU / request (ms)", "per round (ms)"]
-    command = "python -m benchmarks.versions " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("versions", argv)
     lines = [
-        f"`{command.strip()}`, {datetime.date.today().isoformat()}: {label} on the simulated "
+        f"`{command}`, {datetime.date.today().isoformat()}: {label} on the simulated "
         f"accelerator, {cpu_name()}, {os.cpu_count()} cores; base = {args.base}, head = "
         f"{head}{' + uncommitted changes' if dirty else ''}; {args.rounds} alternating rounds "
         f"of {args.seconds:g} s per version, W and C. CPU per request is every server "
