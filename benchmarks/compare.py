@@ -10,7 +10,8 @@ drift of a shared machine hits all alike. Prints a markdown table (and writes it
 the text requests', with the images/s beside it.
 
 A variant is `name:VAR=value,VAR=value` (no settings: the defaults); `default:` is always
-included first.
+included first. Besides PHOTOFIELD_AI_ settings a variant may set PYTHONPATH, to run the code of
+another checkout (say a `git worktree` of the last commit at PYTHONPATH=/tmp/base/src).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     env = {}
     for assignment in filter(None, assignments.split(",")):
         key, sep, value = assignment.partition("=")
-        if not sep or not key.startswith("PHOTOFIELD_AI_"):
+        if not sep or not (key.startswith("PHOTOFIELD_AI_") or key == "PYTHONPATH"):
             raise SystemExit(f"not a PHOTOFIELD_AI_ setting: {assignment!r} in {spec!r}")
         env[key] = value
     return name, env

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.accelerator import Row, lone_overhead_ms
+from benchmarks.ceiling import in_flight_key
 from benchmarks.common import NOISE_NOTE, Config, cpu_name, fmt_ms, gpu_name, table
 from benchmarks.http_tables import LoneRequest
 from benchmarks.load import LoadResult
@@ -43,14 +44,16 @@ def summary(
         if r is None:
             continue
         ceiling = ceilings[f"{kind}-{dtype}"]
-        rows.append(
-            [
-                f"{label} req/s at C={c} vs {kind} ceiling",
-                f"{r.requests_per_s:.1f} / "
-                f"{ceiling:.1f} = {100 * r.requests_per_s / ceiling:.0f} %",
-                "≥ 95 %",
-            ]
+        measured = (
+            f"{r.requests_per_s:.1f} / {ceiling:.1f} = {100 * r.requests_per_s / ceiling:.0f} %"
         )
+        within = ceilings.get(in_flight_key(kind, dtype, c), ceiling)
+        if within < ceiling:
+            measured += (
+                f" (of the best with ≤ {c} items in flight, {within:.1f}: "
+                f"{100 * r.requests_per_s / within:.0f} %)"
+            )
+        rows.append([f"{label} req/s at C={c} vs {kind} ceiling", measured, "≥ 95 %"])
     for kind, lone_request in lone.items():
         p50 = lone_request.http.percentile(50)
         best = lone_request.best_bare_s

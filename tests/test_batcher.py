@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -66,6 +67,9 @@ class SlowModel:
 
     def release(self) -> None:
         self._go.set()
+
+    def hold(self) -> None:
+        self._go.clear()
 
     async def until_running(self, count: int = 1) -> None:
         await wait_until_async(lambda: self.running == count, f"{count} batch(es) run")
@@ -347,4 +351,117 @@ async def test_a_batch_alone_runs_on_the_every_core_layout_and_a_busy_queue_does
     ran = sorted(v for b in busy.batches + alone.batches[1:] for v in b)
     assert ran == [float(i) for i in range(10)]
     assert sample(metrics, "photofield_ai_batches_alone_total") == len(alone.batches)
+    await batcher.close(1)
+
+
+def split_policy(**overrides: object) -> dict[str, Any]:
+    """The adaptive CPU layout's queue policy: two single-threaded slots, waves split evenly."""
+    values: dict[str, Any] = {
+        "max_batch_size": 8,
+        "batch_timeout_s": 0.0,
+        "max_concurrent_batches": 2,
+        "split_across_slots": True,
+        "wait_for_expected_s": 1.0,  # the tests check "still waiting" at 0.2 s
+        **overrides,
+    }
+    return values
+
+
+async def test_an_idle_model_waits_for_a_wave_being_decoded_and_splits_it() -> None:
+    """Four requests arrive together: the first one queued does not start alone while three are
+    still being decoded; the wave runs as two batches of two, one per slot."""
+    model = SlowModel(held=True)
+    batcher = make(model, **split_policy())
+    with batcher.preparing(3):
+        first = asyncio.ensure_future(batcher.submit(item(0)))
+        await asyncio.sleep(0.2)  # time enough for a batcher that does not wait to start it
+        assert model.running == 0 and batcher.queue_depth == 1
+        rest = [asyncio.ensure_future(batcher.submit(item(i))) for i in (1, 2, 3)]
+    await model.until_running(2)
+    model.release()
+    await asyncio.gather(first, *rest)
+    assert sorted(map(sorted, model.batches)) == [[0.0, 1.0], [2.0, 3.0]]
+    await batcher.close(1)
+
+
+@pytest.mark.parametrize("coming", [0, 1])
+async def test_a_busy_model_waits_for_its_share_of_items_being_decoded(coming: int) -> None:
+    """One slot busy, one free (a closed loop's wave half back): an item queued while another
+    request is still being decoded waits for it, and the two run as one batch; with nothing being
+    decoded it leaves at once (T = 0), a batch of one."""
+    model = SlowModel(held=True)
+    batcher = make(model, **split_policy())
+    running = asyncio.ensure_future(batcher.submit(item(9)))  # idle, nothing coming: at once
+    await model.until_running()
+    with batcher.preparing(coming):
+        first = asyncio.ensure_future(batcher.submit(item(0)))
+        if coming:
+            await asyncio.sleep(0.2)
+            assert model.running == 1 and batcher.queue_depth == 1, "it should wait"
+            second = asyncio.ensure_future(batcher.submit(item(1)))
+    if not coming:
+        await model.until_running(2)
+        second = asyncio.ensure_future(batcher.submit(item(1)))
+    await model.until_running(2)
+    model.release()
+    await asyncio.gather(running, first, second)
+    assert model.batches[1] == ([0.0, 1.0] if coming else [0.0])
+    await batcher.close(1)
+
+
+async def test_the_wait_for_items_being_decoded_is_bounded() -> None:
+    """Requests that never finish decoding hold the batch no longer than the policy says."""
+    model = SlowModel()
+    batcher = make(model, **split_policy(wait_for_expected_s=0.3))
+    with batcher.preparing(3):
+        started = time.monotonic()
+        await batcher.submit(item(0))
+        waited = time.monotonic() - started
+    assert 0.3 <= waited < 5
+    await batcher.close(1)
+
+
+async def answer_a_wave(batcher: DynamicBatcher, model: SlowModel, size: int) -> None:
+    """Have the idle model answer one batch of `size` items (K = 1, all queued at once), then
+    hold it again."""
+    model.release()
+    await batcher.submit_many([item(-2)] * size)
+    assert model.batches == [[-2.0] * size]
+    model.batches.clear()
+    model.hold()
+
+
+@pytest.mark.parametrize("wave", [1, 2])
+async def test_the_clients_of_the_batch_just_answered_are_expected_back(wave: int) -> None:
+    """A closed loop: the batch of two just answered, one of its clients is back. Its item waits
+    for the other client rather than running alone; after a batch of one, nobody else is
+    expected and the item runs at once."""
+    model = SlowModel(held=True)
+    batcher = make(model, **split_policy(max_concurrent_batches=1))
+    await answer_a_wave(batcher, model, wave)
+    first = asyncio.ensure_future(batcher.submit(item(0)))
+    if wave == 2:
+        await asyncio.sleep(0.2)
+        assert model.running == 0 and batcher.queue_depth == 1, "it should wait"
+        second = asyncio.ensure_future(batcher.submit(item(1)))
+    await model.until_running()
+    if wave == 1:
+        second = asyncio.ensure_future(batcher.submit(item(1)))
+    model.release()
+    await asyncio.gather(first, second)
+    assert model.batches[0] == ([0.0, 1.0] if wave == 2 else [0.0])
+    await batcher.close(1)
+
+
+async def test_clients_that_do_not_come_back_are_waited_for_briefly() -> None:
+    """Of a batch of three, one client comes back: its item starts once the wait for the others
+    (counted from the answer) is over, not later."""
+    model = SlowModel(held=True)
+    batcher = make(model, **split_policy(max_concurrent_batches=1, wait_for_expected_s=0.3))
+    await answer_a_wave(batcher, model, 3)
+    model.release()
+    started = time.monotonic()
+    await batcher.submit(item(0))
+    assert time.monotonic() - started < 0.3 + 1
+    assert model.batches[-1] == [0.0]
     await batcher.close(1)

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from benchmarks.ceiling import best_in_flight
 from benchmarks.counters import ServerCounters, measure
 from benchmarks.load import Workload, encode_requests, run_load
 from photofield_ai.clip.wire import decode_embedding
@@ -98,3 +99,12 @@ def test_gpu_benchmark_refuses_a_machine_without_cuda() -> None:
     )
     assert result.returncode == 2
     assert "--gpu needs ONNX Runtime's CUDA provider" in result.stderr
+
+
+def test_the_in_flight_ceiling_counts_every_call_at_once() -> None:
+    """C clients give the model at most C items: two calls of b=4 need 8 in flight."""
+    rates = [10.0, 12.0, 14.0, 17.0, 16.0, 15.0]  # b = 1, 2, 4, 8, 16, 32
+    sizes = [1, 2, 4, 8, 16, 32]
+    assert best_in_flight(sizes, rates, 1) == [(4, 14.0), (16, 17.0), (32, 17.0)]
+    assert best_in_flight(sizes, rates, 2) == [(4, 12.0), (16, 17.0), (32, 17.0)]
+    assert best_in_flight([64], [20.0], 2) == []

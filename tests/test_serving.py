@@ -83,6 +83,18 @@ def test_batch_policy_defaults_and_overrides() -> None:
     assert batch_policy(explicit, "visual", True) == BatchPolicy(3, 0.0, 4, 7, 0.25)
 
 
+def test_only_the_adaptive_visual_model_waits_for_the_items_it_expects() -> None:
+    """Waiting pays where batching pays: the visual model on a CPU (its per-item cost falls with
+    batch size); not the textual model, not an accelerator's queue, not a fixed CPU layout."""
+    adaptive = Settings()
+    if usable_cpus() > 1:
+        assert batch_policy(adaptive, "visual", False).wait_for_expected_s > 0
+    assert batch_policy(adaptive, "textual", False).wait_for_expected_s == 0
+    assert batch_policy(adaptive, "visual", True).wait_for_expected_s == 0
+    fixed = Settings(adaptive_layout=False)
+    assert batch_policy(fixed, "visual", False).wait_for_expected_s == 0
+
+
 def test_device_defaults_are_described_from_the_constants() -> None:
     """Every setting whose default is the device's (None, no words of its own) is described
     by layout, from the constants it uses."""

@@ -76,9 +76,9 @@ class BatchPolicy:
     # Spread the waiting items over the free batch slots instead of one batch taking them all:
     # for single-threaded CPU batches, two batches of 2 use both cores where one of 4 uses one.
     split_across_slots: bool = False
-    # How long a batch that would start on an idle model waits for items whose requests are
-    # still being decoded (see DynamicBatcher.preparing); 0: never.
-    wait_for_preparing_s: float = 0.0
+    # How long a batch waits for items known to be on their way (requests being decoded, the
+    # clients of the batch just answered; see DynamicBatcher._expected); 0: never.
+    wait_for_expected_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_concurrent_batches < 1 or self.max_queue < 1:
@@ -124,12 +124,16 @@ class DynamicBatcher:
         self._changed = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.max_concurrent_batches)
         self._in_flight = 0
+        self._running_items = 0  # items of the batches in flight
         self._closed = False
         self._loop_task: asyncio.Task[None] | None = None
         self._batch_tasks: set[asyncio.Task[None]] = set()
         self._holding = False
         self._depth_listeners: list[Callable[[int], None]] = []
         self._preparing = 0  # items whose requests are being decoded, not queued yet
+        # Clients answered lately and not back yet, oldest first: (when, how many). A closed
+        # loop's clients come back with their next request (see _returning).
+        self._answered: collections.deque[list[float]] = collections.deque()
 
     # -- public interface -------------------------------------------------------------------
     def start(self) -> None:
@@ -191,6 +195,7 @@ class DynamicBatcher:
         for entry in entries:
             entry.future.add_done_callback(functools.partial(self._on_done, entry))
         self._queue.extend(entries)
+        self._match_returns(len(entries))
         self._queue_changed()
         return asyncio.gather(*(e.future for e in entries))
 
@@ -254,33 +259,83 @@ class DynamicBatcher:
         return True
 
     async def _wait_to_fill(self) -> None:
-        """While other batches run, give the batch up to T to fill; an idle model starts at
-        once, unless items being prepared are about to arrive (up to wait_for_preparing_s)."""
+        """Give the batch about to start a moment to fill. While other batches run, the oldest
+        item waits up to T for N items. Items known to be on their way (`_expected`) are
+        waited for up to wait_for_expected_s, busy or idle, until this batch holds its share of
+        them: a closed loop of C clients sends its requests in waves (a batch's answers go out
+        together, and its clients come back together), and a wave split into a batch of one now
+        and the rest behind the next free slot runs the model at its least efficient batch
+        size. A lone request never waits: its own client is the only one expected."""
         timeout = self.policy.batch_timeout_s
-        if self._in_flight == 0:
-            if self._preparing > 0 and self.policy.wait_for_preparing_s > 0:
-                await self._wait_for_preparing()
+        expect_s = self.policy.wait_for_expected_s
+        if self._in_flight == 0 and not (expect_s > 0 and self._expected() > 0):
             return
-        if timeout <= 0:
-            return
+        expect_deadline = time.monotonic() + expect_s
 
         def left_s() -> float:
-            # The oldest item's own T: it can change while waiting (a cancelled item leaves).
-            if not self._queue or len(self._queue) >= self.policy.max_batch_size:
+            # Asked again after every change: the oldest item's T (a cancelled item leaves),
+            # the free slots and the items on their way all move while waiting.
+            if not self._queue:
                 return 0.0
-            return self._queue[0].enqueued + timeout - time.monotonic()
+            now = time.monotonic()
+            left = 0.0
+            if (
+                self._in_flight > 0
+                and timeout > 0
+                and len(self._queue) < self.policy.max_batch_size
+            ):
+                left = self._queue[0].enqueued + timeout - now
+            if expect_s > 0 and len(self._queue) < self._share():
+                left = max(left, self._expected_until(expect_deadline) - now)
+            return left
 
         await self._wait_for_changes(left_s)
 
-    async def _wait_for_preparing(self) -> None:
-        deadline = time.monotonic() + self.policy.wait_for_preparing_s
+    def _returning(self, now: float) -> int:
+        """Clients answered in the last wait_for_expected_s that have not sent their next item
+        yet (a closed loop comes back within milliseconds, or not at all)."""
+        answered = self._answered
+        while answered and now - answered[0][0] > self.policy.wait_for_expected_s:
+            answered.popleft()
+        return int(sum(n for _, n in answered))
 
-        def left_s() -> float:
-            if self._preparing <= 0 or len(self._queue) >= self.policy.max_batch_size:
-                return 0.0
-            return deadline - time.monotonic()
+    def _match_returns(self, arrived: int) -> None:
+        """Count `arrived` items as the oldest answered clients coming back, whoever sent them:
+        a guess that errs towards not waiting."""
+        answered = self._answered
+        while arrived and answered:
+            taken = min(arrived, int(answered[0][1]))
+            answered[0][1] -= taken
+            arrived -= taken
+            if not answered[0][1]:
+                answered.popleft()
 
-        await self._wait_for_changes(left_s)
+    def _expected(self) -> int:
+        """Items on their way to the queue: requests being decoded (see `preparing`), or the
+        clients of the batches just answered still to come back, whichever is more (most of the
+        first are the second)."""
+        return max(self._preparing, self._returning(time.monotonic()))
+
+    def _expected_until(self, deadline: float) -> float:
+        """When waiting for the expected items ends: at `deadline`, sooner when nothing is
+        being decoded and the clients of the batches answered stop being expected."""
+        if self._preparing > 0:
+            return deadline
+        if self._returning(time.monotonic()) > 0:
+            return min(deadline, self._answered[-1][0] + self.policy.wait_for_expected_s)
+        return 0.0
+
+    def _share(self) -> int:
+        """The items this batch should hold once the expected ones arrive: all of them up to
+        N, or with split_across_slots an even share of every item in the system (queued,
+        expected and running) over the K slots — four clients on two slots settle into two
+        batches of two, where a free slot taking all it can see would pair a batch of three
+        with batches of one."""
+        coming = len(self._queue) + self._expected()
+        if self.policy.split_across_slots:
+            slots = self.policy.max_concurrent_batches
+            coming = -(-(coming + self._running_items) // slots)
+        return min(self.policy.max_batch_size, coming)
 
     async def _wait_for_changes(self, left_s: Callable[[], float]) -> None:
         """Wake on every queue change until `left_s()` (asked again after each) is <= 0."""
@@ -343,9 +398,10 @@ class DynamicBatcher:
                 self._run_alone is not None
                 and self._in_flight == 0
                 and not self._queue
-                and self._preparing == 0
+                and self._expected() == 0
             )
             self._in_flight += 1
+            self._running_items += len(batch)
             self._update_hold()
             if self._metrics:
                 self._metrics.batches_in_flight.set(self._in_flight)
@@ -393,8 +449,11 @@ class DynamicBatcher:
                     m.item_latency.observe(finished - entry.enqueued)
                 if not entry.future.done():
                     entry.future.set_result(output)
+            if self.policy.wait_for_expected_s > 0:
+                self._answered.append([finished, len(batch)])
         finally:
             self._in_flight -= 1
+            self._running_items -= len(batch)
             self._update_hold()
             if m:
                 m.batches_in_flight.set(self._in_flight)

@@ -13,6 +13,8 @@ Measured reasons (BENCHMARKS.md, README "Tuning"):
   textual model one batch at a time across all cores; the face models take K from the
   non-visual layout and keep ONNX Runtime's threads.
 - CPU, N = 8: the bare model gains little past batch 8 while every item waits for its batch.
+- CPU, adaptive, visual: a batch waits up to 20 ms for the items it knows are coming — at 4
+  clients, batches of 2.0 instead of 1.4 and 13.5 vs 12.5 images/s in alternating rounds.
 - Accelerator: N = 64 amortizes kernel launches; two batches in flight overlap copies and compute.
 """
 
@@ -30,9 +32,12 @@ ACCELERATOR_MAX_BATCH_SIZE = 64
 BATCH_TIMEOUT_MS = 2.0
 ACCELERATOR_CONCURRENT_BATCHES = 2
 CPU_VISUAL_THREADS = 1
-# The adaptive layout: a batch about to start alone waits this long for items still being
-# decoded (four thumbnails arriving together are one busy batch, not one alone and three after).
-WAIT_FOR_PREPARING_S = 0.02
+# The adaptive layout, visual model: a batch about to start waits up to this long for the items
+# it knows are coming (requests being decoded, clients just answered), so that four thumbnail
+# clients on two cores run as two batches of two, not batches of one and three. Not the textual
+# model: its per-item cost hardly falls with batch size (BENCHMARKS.md section 1), so waiting
+# buys nothing there (measured: "compare" in BENCHMARKS.md).
+WAIT_FOR_EXPECTED_S = 0.02
 # Search before indexing: an image batch waits at most this long for queued text to clear, so
 # that a flood of searches cannot starve indexing.
 SEARCH_FIRST_MAX_WAIT_S = 1.0
@@ -101,7 +106,7 @@ def batch_policy(
             settings.queue_timeout_ms / 1000.0 if settings.queue_timeout_ms is not None else None
         ),
         split_across_slots=adaptive_cpu,
-        wait_for_preparing_s=WAIT_FOR_PREPARING_S if adaptive_cpu else 0.0,
+        wait_for_expected_s=WAIT_FOR_EXPECTED_S if adaptive_cpu and kind == "visual" else 0.0,
     )
 
 
