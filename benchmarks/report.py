@@ -21,7 +21,14 @@ from photofield_ai.testing.generate import PRESETS
 
 # Sections other commands write into the same file (benchmarks.soak, benchmarks.profile;
 # comparisons recorded with benchmarks.compare) and a rerun of this suite keeps.
-KEPT_SECTIONS = ("compare", "profile", "soak", "accelerator-repeat", "versions")
+KEPT_SECTIONS = (
+    "compare",
+    "profile",
+    "soak",
+    "accelerator-repeat",
+    "versions",
+    "shared-weights",
+)
 
 
 def summary(

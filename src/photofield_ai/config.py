@@ -108,7 +108,7 @@ class Settings:
     adaptive_layout: bool | None = setting(
         help="CPU: each CLIP model gets a second session with every core for a batch that runs "
         "alone (a lone request), beside the single-threaded batches a busy queue runs; `0`: one "
-        "session (saves that session's memory: ~360 MB for ViT-B/32 float32 visual)"
+        "session (saves that session's memory: ~300-540 MB for ViT-B/32 float32 visual)"
     )
     max_queue: int = setting(
         1024, "items waiting per model; beyond it requests get 503 + `Retry-After` at once"
