@@ -28,6 +28,7 @@ KEPT_SECTIONS = (
     "accelerator-repeat",
     "versions",
     "shared-weights",
+    "in-flight",
 )
 
 

@@ -1,0 +1,118 @@
+"""The server at C thumbnail clients against the best the bare model does with C items in flight,
+in alternating rounds.
+
+    python -m benchmarks.in_flight [--concurrency 4] [--rounds 4] [--seconds 8] [--out FILE]
+
+C closed-loop clients never give the model more than C items, so batches past C ÷ calls at once
+are out of their reach; the fair ceiling for C=4 is the best of the bare layouts that hold at
+most C items: one call of C on every core, or one single-threaded call of C ÷ cores per core
+(the server's busy layout). The full suite compares numbers measured up to half an hour apart on
+a VM whose speed drifts by more than the 5 % in question; here every HTTP window is followed by
+the bare windows at once, round after round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.ceiling import measure_session
+from benchmarks.common import Config, bare_model, command_line, record_section, start, table
+from benchmarks.common import thumbnails as thumbnail_workload
+from benchmarks.counters import measure
+from benchmarks.load import run_load
+from photofield_ai.runtime.cpus import usable_cpus
+from photofield_ai.testing.generate import generate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=8.0, help="window per measurement")
+    parser.add_argument("--out", type=Path, help="record in this BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    c, cpus = args.concurrency, usable_cpus()
+    cfg = Config(False, False, Path(".bench"), args.seconds, 1.0, 1)
+    visual, _ = generate("vit-b-32", "float32", cfg.workdir / "models")
+    # (label, threads per call, calls at once, batch): every layout holding at most C items.
+    layouts = [(f"1 call of {c}, default threads", 0, 1, c)]
+    if cpus > 1 and c // cpus >= 1:
+        layouts.append((f"{cpus} single-threaded calls of {c // cpus}", 1, cpus, c // cpus))
+    sessions = {label: bare_model(visual, cfg.providers, "visual", t) for label, t, _, _ in layouts}
+    server = start(cfg, "float32")
+    http: list[float] = []
+    batches: list[float] = []
+    bare: dict[str, list[float]] = {label: [] for label, *_ in layouts}
+    try:
+        for round_ in range(args.rounds):
+            r, activity = measure(
+                server,
+                "visual",
+                lambda: run_load(server.url, thumbnail_workload(), c, cfg.warmup_s, cfg.measure_s),
+            )
+            http.append(r.requests_per_s)
+            batches.append(activity.mean_batch)
+            for label, _, streams, batch in layouts:
+                rate = measure_session(sessions[label], batch, args.seconds, streams=streams)
+                bare[label].append(rate)
+            print(
+                f"round {round_ + 1}: HTTP {r.requests_per_s:.1f} req/s (mean batch "
+                f"{activity.mean_batch:.1f}); bare "
+                + ", ".join(f"{label} {rates[-1]:.1f}" for label, rates in bare.items()),
+                flush=True,
+            )
+    finally:
+        server.stop()
+    best = [max(rates[i] for rates in bare.values()) for i in range(args.rounds)]
+    rows = [
+        [
+            str(i + 1),
+            f"{http[i]:.1f}",
+            f"{batches[i]:.1f}",
+            *(f"{bare[label][i]:.1f}" for label, *_ in layouts),
+            f"{100 * http[i] / best[i]:.0f} %",
+        ]
+        for i in range(args.rounds)
+    ]
+    rows.append(
+        [
+            "mean",
+            f"{np.mean(http):.1f}",
+            f"{np.mean(batches):.1f}",
+            *(f"{np.mean(bare[label]):.1f}" for label, *_ in layouts),
+            f"**{100 * np.mean(http) / np.mean(best):.0f} %**",
+        ]
+    )
+    lines = [
+        f"## {c} thumbnail clients vs the bare model with {c} items in flight",
+        "",
+        f"`{command_line('in_flight', argv)}` — generated ViT-B/32 float32, default settings; "
+        f"each round: {args.seconds:.0f} s of {c} closed-loop clients over HTTP, then "
+        f"{args.seconds:.0f} s of each bare layout (items/s). The ratio is HTTP ÷ the better "
+        "bare layout of the same round.",
+        "",
+        *table(
+            [
+                "round",
+                f"HTTP req/s, C={c}",
+                "mean batch",
+                *(label for label, *_ in layouts),
+                "HTTP ÷ best bare",
+            ],
+            rows,
+        ),
+    ]
+    print("\n".join(lines))
+    if args.out:
+        record_section(args.out, "in-flight", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
