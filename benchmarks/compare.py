@@ -35,7 +35,9 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     for assignment in filter(None, assignments.split(",")):
         key, sep, value = assignment.partition("=")
         if not sep or not (key.startswith("PHOTOFIELD_AI_") or key == "PYTHONPATH"):
-            raise SystemExit(f"not a PHOTOFIELD_AI_ setting: {assignment!r} in {spec!r}")
+            raise SystemExit(
+                f"not a PHOTOFIELD_AI_ setting or PYTHONPATH: {assignment!r} in {spec!r}"
+            )
         env[key] = value
     return name, env
 

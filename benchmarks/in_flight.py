@@ -20,8 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.ceiling import measure_session
-from benchmarks.common import Config, bare_model, command_line, record_section, start, table
-from benchmarks.common import thumbnails as thumbnail_workload
+from benchmarks.common import (
+    Config,
+    bare_model,
+    command_line,
+    record_section,
+    start,
+    table,
+    thumbnails,
+)
 from benchmarks.counters import measure
 from benchmarks.load import run_load
 from photofield_ai.runtime.cpus import usable_cpus
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             r, activity = measure(
                 server,
                 "visual",
-                lambda: run_load(server.url, thumbnail_workload(), c, cfg.warmup_s, cfg.measure_s),
+                lambda: run_load(server.url, thumbnails(), c, cfg.warmup_s, cfg.measure_s),
             )
             http.append(r.requests_per_s)
             batches.append(activity.mean_batch)

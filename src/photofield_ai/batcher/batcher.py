@@ -85,6 +85,14 @@ class BatchPolicy:
             raise ValueError("batch size, concurrent batches and queue size must be at least 1")
 
 
+@dataclass
+class _Answered:
+    """Clients of one batch answered at `at`, `not_back` of them still to send their next item."""
+
+    at: float
+    not_back: int
+
+
 @dataclass(eq=False)
 class _Entry:
     item: Array
@@ -131,9 +139,9 @@ class DynamicBatcher:
         self._holding = False
         self._depth_listeners: list[Callable[[int], None]] = []
         self._preparing = 0  # items whose requests are being decoded, not queued yet
-        # Clients answered lately and not back yet, oldest first: (when, how many). A closed
-        # loop's clients come back with their next request (see _returning).
-        self._answered: collections.deque[list[float]] = collections.deque()
+        # Clients answered lately and not back yet, oldest first. A closed loop's clients come
+        # back with their next request (see _returning).
+        self._answered: collections.deque[_Answered] = collections.deque()
 
     # -- public interface -------------------------------------------------------------------
     def start(self) -> None:
@@ -295,19 +303,19 @@ class DynamicBatcher:
         """Clients answered in the last wait_for_expected_s that have not sent their next item
         yet (a closed loop comes back within milliseconds, or not at all)."""
         answered = self._answered
-        while answered and now - answered[0][0] > self.policy.wait_for_expected_s:
+        while answered and now - answered[0].at > self.policy.wait_for_expected_s:
             answered.popleft()
-        return int(sum(n for _, n in answered))
+        return sum(a.not_back for a in answered)
 
     def _match_returns(self, arrived: int) -> None:
         """Count `arrived` items as the oldest answered clients coming back, whoever sent them:
         a guess that errs towards not waiting."""
         answered = self._answered
         while arrived and answered:
-            taken = min(arrived, int(answered[0][1]))
-            answered[0][1] -= taken
+            taken = min(arrived, answered[0].not_back)
+            answered[0].not_back -= taken
             arrived -= taken
-            if not answered[0][1]:
+            if not answered[0].not_back:
                 answered.popleft()
 
     def _expected(self) -> int:
@@ -322,7 +330,7 @@ class DynamicBatcher:
         if self._preparing > 0:
             return deadline
         if self._returning(time.monotonic()) > 0:
-            return min(deadline, self._answered[-1][0] + self.policy.wait_for_expected_s)
+            return min(deadline, self._answered[-1].at + self.policy.wait_for_expected_s)
         return 0.0
 
     def _share(self) -> int:
@@ -450,7 +458,7 @@ class DynamicBatcher:
                 if not entry.future.done():
                     entry.future.set_result(output)
             if self.policy.wait_for_expected_s > 0:
-                self._answered.append([finished, len(batch)])
+                self._answered.append(_Answered(finished, len(batch)))
         finally:
             self._in_flight -= 1
             self._running_items -= len(batch)
