@@ -465,3 +465,57 @@ async def test_clients_that_do_not_come_back_are_waited_for_briefly() -> None:
     assert time.monotonic() - started < 0.3 + 1
     assert model.batches[-1] == [0.0]
     await batcher.close(1)
+
+
+async def test_idle_means_nothing_queued_running_or_being_decoded() -> None:
+    """What a handler asks before decoding a lone image on the event loop."""
+    model = SlowModel(held=True)
+    batcher = make(model)
+    assert batcher.idle
+    with batcher.preparing(1):
+        assert not batcher.idle
+    assert batcher.idle
+    first = asyncio.ensure_future(batcher.submit(item(1)))
+    await model.until_running()
+    assert not batcher.idle  # a batch is running
+    second = asyncio.ensure_future(batcher.submit(item(2)))
+    await wait_until_async(lambda: batcher.queue_depth == 1, "the second item is queued")
+    assert not batcher.idle
+    model.release()
+    assert [float(r[0]) for r in await asyncio.gather(first, second)] == [2.0, 4.0]
+    await wait_until_async(lambda: batcher.in_flight == 0, "the batches are done")
+    assert batcher.idle
+    await batcher.close(1)
+
+
+def test_a_batch_of_one_is_its_item_with_a_batch_axis_not_a_copy() -> None:
+    from photofield_ai.batcher.batcher import stack
+
+    row = np.arange(12, dtype=np.float32).reshape(3, 4)
+    one = stack([row])
+    assert one.shape == (1, 3, 4) and np.shares_memory(one, row)
+    np.testing.assert_array_equal(one[0], row)
+    crop = np.arange(60, dtype=np.uint8).reshape(5, 12)[1:4, 2:6]  # a crop: not contiguous
+    one_crop = stack([crop])
+    assert one_crop.flags.c_contiguous and one_crop.shape == (1, 3, 4)
+    np.testing.assert_array_equal(one_crop[0], crop)
+    two = stack([row, row + 1])
+    assert two.shape == (2, 3, 4) and not np.shares_memory(two, row)
+    np.testing.assert_array_equal(two[1], row + 1)
+
+
+async def test_a_call_that_cannot_start_fails_its_batch_and_not_the_loop() -> None:
+    """The session call is handed to its thread by the batch loop itself: an executor that
+    refuses (shut down) fails that batch, and the loop goes on to the next one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = ThreadPoolExecutor(1)
+    batcher = DynamicBatcher("visual", SlowModel(), policy(), executor=executor)
+    batcher.start()
+    assert (await batcher.submit(item(1)))[0] == 2
+    executor.shutdown()
+    for value in (2, 3):
+        with pytest.raises(BatchFailedError, match="shutdown"):
+            await asyncio.wait_for(batcher.submit(item(value)), 5)
+    assert batcher.idle
+    await batcher.close(1)

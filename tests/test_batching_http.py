@@ -157,3 +157,46 @@ def test_search_goes_before_indexing_in_the_app(tiny_float32: tuple[Path, Path])
     ]
     assert overlapping == [], "image batches started while the search was running"
     assert elapsed < 0.3 * 2 + 0.3 + 0.5, f"the search took {elapsed:.2f} s"
+
+
+def test_a_lone_image_is_decoded_on_the_event_loop_and_others_on_decode_threads(
+    tiny_float32: tuple[Path, Path],
+) -> None:
+    """One worker process: a request's one image on an idle model is decoded on the event loop
+    (no thread hops for a lone thumbnail); a second image of the same request, or an image
+    arriving while a batch runs, goes to the decode threads — the same embeddings either way."""
+    app, _ = slowed_app(tiny_float32, 0.3, 0.0)
+
+    def decoded(url: str, where: str) -> float:
+        text = httpx.get(url + "/metrics").text
+        return parse_metric(text, "photofield_ai_images_decoded_total", where=where)
+
+    with serve_in_thread(app) as url:
+        photo = jpeg(256, 192, seed=3)
+        lone = asyncio.run(_post_images(url, [photo, photo], concurrency=1))
+        assert (decoded(url, "event_loop"), decoded(url, "thread")) == (2, 0)
+
+        r = httpx.post(
+            url + "/image-embeddings",
+            files=[("image", ("a.jpg", photo)), ("image", ("b.jpg", photo))],
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert (decoded(url, "event_loop"), decoded(url, "thread")) == (2, 2)
+
+        async def behind_a_running_batch() -> list[np.ndarray]:
+            first = asyncio.ensure_future(_post_images(url, [photo], concurrency=1))
+            async with httpx.AsyncClient() as client:
+                while True:  # until its batch runs (a 0.3 s call)
+                    text = (await client.get(url + "/metrics")).text
+                    if parse_metric(text, "photofield_ai_batches_in_flight", model="visual"):
+                        break
+                    await asyncio.sleep(0.01)
+            second = await _post_images(url, [photo], concurrency=1)
+            return [*(await first), *second]
+
+        during = asyncio.run(behind_a_running_batch())
+        assert (decoded(url, "event_loop"), decoded(url, "thread")) == (3, 3)
+    pair = [decode_embedding(i["embedding_f16_b64"]) for i in r.json()["images"]]
+    for vector in [*during, *pair, lone[1]]:
+        np.testing.assert_array_equal(vector, lone[0])

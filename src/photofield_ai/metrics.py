@@ -192,6 +192,14 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.images_decoded = Counter(
+            "images_decoded",
+            "Embedding images decoded, by where: on the event loop (small images in a worker "
+            "process, or a request's one image on an idle model) or on a decode thread",
+            ["where"],
+            namespace=ns,
+            registry=r,
+        )
         self.faces_per_image = Histogram(
             "faces_per_image",
             "Faces found in one /faces image",

@@ -59,16 +59,19 @@ def image_error_status(exc: ImageDecodeError) -> int:
 
 
 async def preprocess_image(
-    request: Request, encoder: ImageEncoder, data: bytes, where: str
+    request: Request, encoder: ImageEncoder, data: bytes, where: str, alone: bool = False
 ) -> Array:
-    """Image bytes → one model input row, decoded off the event loop (small images inline in
-    a multi-worker server); a bad image is the client's 4xx, naming `where` it was."""
+    """Image bytes → one model input row, decoded off the event loop — a small image inline
+    in a multi-worker server, or when it is `alone` (serving.layout.decode_inline says why);
+    a bad image is the client's 4xx, naming `where` it was."""
     engine = engine_of(request)
     started = time.perf_counter()
     try:
-        if engine.decode_inline and (declared_pixels(data) or 0) <= INLINE_DECODE_PIXELS:
+        if (engine.decode_inline or alone) and (declared_pixels(data) or 0) <= INLINE_DECODE_PIXELS:
+            engine.metrics.images_decoded.labels("event_loop").inc()
             array = encoder.preprocess(data, engine.decode_limits)
         else:
+            engine.metrics.images_decoded.labels("thread").inc()
             array = await in_decode_thread(request, encoder.preprocess, data, engine.decode_limits)
     except ImageDecodeError as exc:
         raise ApiError(image_error_status(exc), f"{where}: {exc}") from None
@@ -77,19 +80,23 @@ async def preprocess_image(
 
 
 def _preprocess_part(
-    request: Request, encoder: ImageEncoder, index: int, part: FilePart
+    request: Request, encoder: ImageEncoder, index: int, part: FilePart, alone: bool
 ) -> Awaitable[Array]:
     where = describe_part(index, part.field, part.filename)
-    return preprocess_image(request, encoder, part.data, where)
+    return preprocess_image(request, encoder, part.data, where, alone)
 
 
 async def image_embeddings(request: Request) -> Response:
     model = image_model(request)
     parts = await read_file_parts(request)
     model.batcher.check_room(len(parts))  # refuse before decoding when overloaded
+    alone = len(parts) == 1 and model.batcher.idle
     with model.batcher.preparing(len(parts)):
         arrays = await asyncio.gather(
-            *(_preprocess_part(request, model.encoder, i, part) for i, part in enumerate(parts))
+            *(
+                _preprocess_part(request, model.encoder, i, part, alone)
+                for i, part in enumerate(parts)
+            )
         )
         work = model.batcher.submit_many(arrays)  # queued before the batcher stops waiting
     outputs = await unless_disconnected(request, work)

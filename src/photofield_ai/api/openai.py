@@ -230,11 +230,16 @@ async def embeddings(request: Request) -> Response:
     try:
         if visual is not None:
             visual.batcher.check_room(len(images))  # refuse before decoding when overloaded
+            alone = len(images) == 1 and visual.batcher.idle
             with visual.batcher.preparing(len(images)):
                 arrays = await asyncio.gather(
                     *(
                         preprocess_image(
-                            request, visual.encoder, item.image or b"", f"input[{item.index}]"
+                            request,
+                            visual.encoder,
+                            item.image or b"",
+                            f"input[{item.index}]",
+                            alone,
                         )
                         for item in images
                     )

@@ -54,6 +54,9 @@ class ModelQueue(Protocol):
 
     name: str
 
+    @property
+    def idle(self) -> bool: ...
+
     def check_room(self, n: int) -> None: ...
 
     def preparing(self, n: int) -> contextlib.AbstractContextManager[None]: ...
@@ -83,6 +86,14 @@ class BatchPolicy:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_concurrent_batches < 1 or self.max_queue < 1:
             raise ValueError("batch size, concurrent batches and queue size must be at least 1")
+
+
+def stack(items: Sequence[Array]) -> Array:
+    """The items as one batch. A batch of one is its item with a batch axis added, a view:
+    a lone request's 224² image is not copied once more on its way to the model."""
+    if len(items) == 1:
+        return np.ascontiguousarray(items[0])[np.newaxis]
+    return np.stack(items)
 
 
 @dataclass
@@ -162,6 +173,12 @@ class DynamicBatcher:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, running or being decoded for this model: a request arriving now is
+        alone (the handler may then decode on the event loop; see serving.layout)."""
+        return not self._queue and self._in_flight == 0 and self._preparing == 0
 
     def check_room(self, n: int) -> None:
         """Raise QueueFullError now if `n` items would not fit: lets a handler refuse before
@@ -413,17 +430,33 @@ class DynamicBatcher:
             self._update_hold()
             if self._metrics:
                 self._metrics.batches_in_flight.set(self._in_flight)
-            task = asyncio.get_running_loop().create_task(self._run(batch, alone))
+            started = time.monotonic()
+            # The session call is handed to its thread here, before anything else: the
+            # bookkeeping in _run (metrics) overlaps the call instead of delaying it by a turn
+            # of the event loop.
+            outputs = self._start_call(batch, alone)
+            task = asyncio.get_running_loop().create_task(self._run(batch, outputs, started, alone))
             self._batch_tasks.add(task)
             task.add_done_callback(self._batch_tasks.discard)
 
+    def _start_call(self, batch: list[_Entry], alone: bool) -> asyncio.Future[Array]:
+        loop = asyncio.get_running_loop()
+        items = [e.item for e in batch]
+        try:
+            return loop.run_in_executor(self._executor, self._stack_and_run, items, alone)
+        except Exception as exc:  # an executor already shut down: this batch fails, not the loop
+            failed: asyncio.Future[Array] = loop.create_future()
+            failed.set_exception(exc)
+            return failed
+
     def _stack_and_run(self, items: list[Array], alone: bool) -> Array:
         run = self._run_alone if alone and self._run_alone is not None else self._run_batch
-        return run(np.stack(items))
+        return run(stack(items))
 
-    async def _run(self, batch: list[_Entry], alone: bool = False) -> None:
+    async def _run(
+        self, batch: list[_Entry], call: asyncio.Future[Array], started: float, alone: bool
+    ) -> None:
         m = self._metrics
-        started = time.monotonic()
         if m:
             m.batch_size.observe(len(batch))
             if alone:
@@ -431,10 +464,7 @@ class DynamicBatcher:
             for entry in batch:
                 m.queue_wait.observe(started - entry.enqueued)
         try:
-            items = [e.item for e in batch]
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._stack_and_run, items, alone
-            )
+            outputs = await call
             if len(outputs) != len(batch):
                 raise RuntimeError(f"model returned {len(outputs)} rows for {len(batch)} items")
         except Exception as exc:

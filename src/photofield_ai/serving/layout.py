@@ -44,8 +44,8 @@ SEARCH_FIRST_MAX_WAIT_S = 1.0
 # The decode memory budget by default: this much, or an eighth of the machine's memory if less
 # (no single image may then raise the memory by more than about this).
 DECODE_BUDGET_MIB = 1024
-# Images up to this many pixels are decoded inline (see decode_inline): a 256-px thumbnail is
-# 49 k; a 1-Mpx JPEG decodes and resizes in a few ms; larger ones always go to a decode thread.
+# Images up to this many pixels may be decoded inline (see decode_inline): a 256-px thumbnail
+# is 49 k; a 1-Mpx JPEG decodes and resizes in a few ms; larger ones always go to a decode thread.
 INLINE_DECODE_PIXELS = 1_000_000
 # Texts tokenized at once (anyio worker threads, never queued behind image decodes); requests
 # with at most INLINE_TOKENIZE_CHARS characters of text (searches) are tokenized on the event
@@ -138,7 +138,11 @@ def decode_inline(settings: Settings) -> bool:
     several worker processes: each has a core of its own, and a thread hop (wake-up, GIL
     hand-over) per image cost more than it saved — measured with the simulated accelerator,
     W=2, C=64 thumbnails: 524 vs 352 req/s, 3.7 vs 5.5 ms of CPU per request (BENCHMARKS.md).
-    With one process, decode threads spread decoding over the cores."""
+    With one process, decode threads spread decoding over the cores — except for a request's
+    one image when its model is idle (nothing queued, running or being decoded: the handler
+    asks `ModelQueue.idle`): nothing then waits on the loop, and the two thread hops cost a
+    lone thumbnail about 0.4 ms of its ~5 ms round trip on the simulated accelerator
+    (BENCHMARKS.md, "a lone image decoded on the event loop")."""
     return (settings.workers or 1) > 1
 
 

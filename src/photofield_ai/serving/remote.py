@@ -181,6 +181,13 @@ class RemoteBatcher:
         self.index = index
         self.model = client.models[index]
         self.name = self.model.name
+        self._submitted = 0  # this worker's items at the inference process now
+
+    @property
+    def idle(self) -> bool:
+        """Nothing of this worker's at the inference process and nothing queued there."""
+        stats = self.client.stats
+        return self._submitted == 0 and (stats is None or int(stats.depth[self.index]) == 0)
 
     @property
     def pool(self) -> ipc.SlotPool:
@@ -205,6 +212,13 @@ class RemoteBatcher:
 
     async def submit_many(self, items: Sequence[Array]) -> list[Array]:
         self.check_room(len(items))
+        self._submitted += len(items)
+        try:
+            return await self._submit_many(items)
+        finally:
+            self._submitted -= len(items)
+
+    async def _submit_many(self, items: Sequence[Array]) -> list[Array]:
         model, pool, slab = self.model, self.pool, self.client.slab
         assert slab is not None
         offsets = await pool.take(len(items))
