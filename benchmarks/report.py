@@ -29,6 +29,7 @@ KEPT_SECTIONS = (
     "versions",
     "shared-weights",
     "in-flight",
+    "lone",
 )
 
 

@@ -15,6 +15,7 @@ import pytest
 from benchmarks.ceiling import best_in_flight
 from benchmarks.counters import ServerCounters, measure
 from benchmarks.load import Workload, encode_requests, run_load
+from benchmarks.lone import mean_s, scrape
 from photofield_ai.clip.wire import decode_embedding
 from tests.conftest import ServerProcess
 from tests.images import jpeg
@@ -108,3 +109,23 @@ def test_the_in_flight_ceiling_counts_every_call_at_once() -> None:
     assert best_in_flight(sizes, rates, 1) == [(4, 14.0), (16, 17.0), (32, 17.0)]
     assert best_in_flight(sizes, rates, 2) == [(4, 12.0), (16, 17.0), (32, 17.0)]
     assert best_in_flight([64], [20.0], 2) == []
+
+
+def test_lone_stage_means_are_taken_between_two_scrapes(server: ServerProcess) -> None:
+    """benchmarks.lone splits a round trip by the server's histograms: the mean of what was
+    observed between two scrapes, per label set — here two texts after one earlier image."""
+    image = jpeg(256, 192, seed=1)
+    sent = httpx.post(server.url + "/image-embeddings", files={"image": ("a.jpg", image)})
+    assert sent.is_success
+    before = scrape(server.url)
+    for text in ("hawk", "a photo of a dog"):
+        assert httpx.post(server.url + "/text-embeddings", json={"texts": [text]}).is_success
+    after = scrape(server.url)
+    key = (("kind", "text"),)
+    spent = after[("photofield_ai_preprocess_seconds_sum", key)] - before.get(
+        ("photofield_ai_preprocess_seconds_sum", key), 0.0
+    )
+    assert mean_s(before, after, "photofield_ai_preprocess_seconds", kind="text") == (
+        pytest.approx(spent / 2)
+    )
+    assert np.isnan(mean_s(before, after, "photofield_ai_preprocess_seconds", kind="image"))

@@ -140,9 +140,9 @@ def decode_inline(settings: Settings) -> bool:
     W=2, C=64 thumbnails: 524 vs 352 req/s, 3.7 vs 5.5 ms of CPU per request (BENCHMARKS.md).
     With one process, decode threads spread decoding over the cores — except for a request's
     one image when its model is idle (nothing queued, running or being decoded: the handler
-    asks `ModelQueue.idle`): nothing then waits on the loop, and the two thread hops cost a
-    lone thumbnail about 0.4 ms of its ~5 ms round trip on the simulated accelerator
-    (BENCHMARKS.md, "a lone image decoded on the event loop")."""
+    asks `ModelQueue.idle`): nothing then waits on the loop, and with the hops gone a lone
+    thumbnail's round trip on the simulated accelerator fell by 0.3-0.4 ms of ~5 ms
+    (BENCHMARKS.md "compare", "A lone image decoded on the event loop")."""
     return (settings.workers or 1) > 1
 
 

@@ -1,0 +1,212 @@
+"""Where a lone request's round trip goes: one closed-loop client against the server on the
+simulated accelerator (W=1), split by the server's own histograms, and what this machine
+charges any code that runs once every few milliseconds instead of back to back.
+
+    python -m benchmarks.lone [--seconds 6] [--out BENCHMARKS.md]
+
+Photofield's indexing speed on an accelerator is 4 ÷ the round trip (issue #11's "lone
+overhead": the round trip minus the model call). The server's histograms give each stage's mean
+over the same window: preprocessing (decode and crop, or tokenize; a thread hop included when
+it runs on a thread), the wait between queueing and the call being handed to its thread, and
+the call itself (the simulated α + β·1 plus the hops to its thread and back). What they do not
+cover — HTTP parsing, multipart, handlers, the response — is the rest of the server's time;
+what the server's request timer does not see is the client and the sockets.
+
+The second table times single steps in this process, back to back and after an idle gap as
+long as a lone request's round trip: caches, branch predictors and idle cores that had time to
+cool make the same work slower, and a lone request pays that on every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.accelerator import SIMULATED, simulated_call_s
+from benchmarks.common import (
+    MODEL_PATH_ONLY,
+    command_line,
+    cpu_name,
+    record_section,
+    searches,
+    table,
+    thumbnails,
+)
+from benchmarks.load import run_load
+from photofield_ai.clip.preprocess import decode_and_crop
+from photofield_ai.imaging.decode import DecodeLimits
+from photofield_ai.testing.server import start_server
+from tests.images import jpeg
+
+Sums = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Sums:
+    """Every sample of the server's /metrics, keyed by name and labels."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def mean_s(before: Sums, after: Sums, name: str, **labels: str) -> float:
+    """The mean of histogram `name` over the window between two scrapes."""
+    key = tuple(sorted(labels.items()))
+    total = after.get((name + "_sum", key), 0.0) - before.get((name + "_sum", key), 0.0)
+    count = after.get((name + "_count", key), 0.0) - before.get((name + "_count", key), 0.0)
+    return total / count if count else float("nan")
+
+
+def lone_rows(kind: str, seconds: float) -> list[list[str]]:
+    workload = thumbnails() if kind == "image" else searches()
+    model = "visual" if kind == "image" else "textual"
+    endpoint = "/image-embeddings" if kind == "image" else "/text-embeddings"
+    server = start_server(
+        Path(tempfile.mkdtemp(prefix="lone-")),
+        None,
+        None,
+        120,
+        PHOTOFIELD_AI_WORKERS="1",
+        **SIMULATED,
+        **MODEL_PATH_ONLY,
+    )
+    try:
+        run_load(server.url, workload, 1, 1.0, 2.0)  # warm up
+        before = scrape(server.url)
+        result = run_load(server.url, workload, 1, 0.0, seconds)
+        after = scrape(server.url)
+    finally:
+        server.stop()
+    trip = float(np.mean(result.latencies))
+    request_timer = "photofield_ai_http_request_duration_seconds"
+    in_server = mean_s(before, after, request_timer, endpoint=endpoint, method="POST")
+    prep = mean_s(before, after, "photofield_ai_preprocess_seconds", kind=kind)
+    queued = mean_s(before, after, "photofield_ai_queue_wait_seconds", model=model)
+    call = mean_s(before, after, "photofield_ai_inference_seconds", model=model)
+    label = "256-px JPEG" if kind == "image" else "one text"
+    simulated = simulated_call_s(label)
+    steps = [
+        ("round trip (client's mean)", trip),
+        ("outside the server's request timer (client, sockets)", trip - in_server),
+        ("in the server", in_server),
+        (
+            "preprocess (decode + crop)" if kind == "image" else "preprocess (tokenize)",
+            prep,
+        ),
+        ("queued → call handed to its thread", queued),
+        ("model call incl. the hops to its thread and back", call),
+        ("of which the simulated call (α + β)", simulated),
+        ("rest: HTTP, multipart/JSON, handlers, response", in_server - prep - queued - call),
+        ("lone overhead: round trip − simulated call", trip - simulated),
+    ]
+    return [[label, name, f"{ms * 1000:.2f}"] for name, ms in steps]
+
+
+def _timed_us(step: Callable[[int], object], gap_s: float, n: int = 300) -> float:
+    """Median µs of `step`, run back to back (gap 0) or after `gap_s` of busy waiting."""
+    times = []
+    for i in range(n + 20):
+        end = time.perf_counter() + gap_s
+        while time.perf_counter() < end:
+            pass
+        started = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[20:])) * 1e6
+
+
+def _thread_round_trip_us(idle_s: float, n: int = 300) -> float:
+    """Median µs to hand a no-op to a worker thread and get the answer back on the event
+    loop, the loop idle (sleeping) for `idle_s` before each."""
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        times = []
+        with ThreadPoolExecutor(1) as pool:
+            for _ in range(n + 20):
+                await asyncio.sleep(idle_s)
+                started = time.perf_counter()
+                await loop.run_in_executor(pool, int)
+                times.append(time.perf_counter() - started)
+        return float(np.median(times[20:])) * 1e6
+
+    return asyncio.run(main())
+
+
+def cold_rows(gap_s: float) -> list[list[str]]:
+    images = [jpeg(256, 192, quality=85, seed=i) for i in range(16)]
+    limits = DecodeLimits()
+
+    def decode(i: int) -> object:
+        return decode_and_crop(images[i % 16], 224, limits)
+
+    def allocate(i: int) -> object:
+        pixels = np.empty((224, 298, 3), np.uint8)
+        pixels.fill(0)
+        return pixels
+
+    rows = []
+    for name, step in (
+        ("decode + crop a 256-px JPEG", decode),
+        ("allocate and fill 200 kB (a resized thumbnail)", allocate),
+    ):
+        rows.append(
+            [name, f"{_timed_us(step, 0.0):.0f}", f"{_timed_us(step, gap_s):.0f}", "busy wait"]
+        )
+    rows.append(
+        [
+            "event loop → thread → event loop (a no-op)",
+            f"{_thread_round_trip_us(0.0):.0f}",
+            f"{_thread_round_trip_us(gap_s):.0f}",
+            "loop asleep",
+        ]
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=6.0, help="measuring window per kind")
+    parser.add_argument("--gap-ms", type=float, default=4.0, help="idle gap for the second table")
+    parser.add_argument("--out", type=Path, help="record in this BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    rows = [*lone_rows("image", args.seconds), *lone_rows("text", args.seconds)]
+    cold = cold_rows(args.gap_ms / 1000)
+    lines = [
+        "## Where a lone request's round trip goes",
+        "",
+        f"`{command_line('lone', argv)}`, {datetime.date.today()}, {cpu_name()}: one "
+        "closed-loop client, the server on the simulated accelerator "
+        f"({SIMULATED['PHOTOFIELD_AI_VISUAL_MODEL']}, {SIMULATED['PHOTOFIELD_AI_TEXTUAL_MODEL']}), "
+        f"W=1, {args.seconds:g} s per kind. Means in ms, from the server's own histograms over "
+        "the window (benchmarks/lone.py says what each covers).",
+        "",
+        *table(["request", "step", "ms"], rows),
+        f"The same steps in one process, back to back and after {args.gap_ms:g} ms of something "
+        "else (median µs):",
+        "",
+        *table(["step", "back to back", f"after {args.gap_ms:g} ms", "gap"], cold),
+    ]
+    print("\n".join(lines))
+    if args.out:
+        record_section(args.out, "lone", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
