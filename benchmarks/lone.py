@@ -2,7 +2,7 @@
 simulated accelerator (W=1), split by the server's own histograms, and what this machine
 charges any code that runs once every few milliseconds instead of back to back.
 
-    python -m benchmarks.lone [--seconds 6] [--out BENCHMARKS.md]
+    python -m benchmarks.lone [--seconds 6] [--real ROUNDS] [--out BENCHMARKS.md]
 
 Photofield's indexing speed on an accelerator is 4 ÷ the round trip (issue #11's "lone
 overhead": the round trip minus the model call). The server's histograms give each stage's mean
@@ -12,7 +12,11 @@ the call itself (the simulated α + β·1 plus the hops to its thread and back).
 cover — HTTP parsing, multipart, handlers, the response — is the rest of the server's time;
 what the server's request timer does not see is the client and the sockets.
 
-The second table times single steps in this process, back to back and after an idle gap as
+With `--real ROUNDS`, also #12's lone rows on the real generated ViT-B/32 float32 models: a
+thumbnail and a search at C=1 against one bare batch-1 call in each thread layout, in ROUNDS
+alternating rounds (the full suite runs 3).
+
+The last table times single steps in this process, back to back and after an idle gap as
 long as a lone request's round trip: caches, branch predictors and idle cores that had time to
 cool make the same work slower, and a lone request pays that on every step.
 """
@@ -36,13 +40,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.accelerator import SIMULATED, simulated_call_s
 from benchmarks.common import (
     MODEL_PATH_ONLY,
+    Config,
     command_line,
     cpu_name,
+    fmt_ms,
     record_section,
     searches,
     table,
     thumbnails,
 )
+from benchmarks.http_tables import lone_request_latency
 from benchmarks.load import run_load
 from photofield_ai.clip.preprocess import decode_and_crop
 from photofield_ai.imaging.decode import DecodeLimits
@@ -177,15 +184,34 @@ def cold_rows(gap_s: float) -> list[list[str]]:
     return rows
 
 
+def real_rows(rounds: int) -> list[list[str]]:
+    """C=1 p50 over HTTP against the best bare batch-1 call, real generated models."""
+    cfg = Config(False, False, Path(".bench"), 6.0, 1.0, 1)
+    rows = []
+    for kind, lone in lone_request_latency(cfg, "float32", rounds).items():
+        p50, best = lone.http.percentile(50), lone.best_bare_s
+        rows.append(
+            [
+                "256-px JPEG" if kind == "visual" else "one text",
+                ", ".join(f"{n} {fmt_ms(v)} ms" for n, v in lone.bare_p50_s.items()),
+                f"{fmt_ms(p50)} ms",
+                f"{(p50 - best) * 1000:+.1f} ms",
+            ]
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=6.0, help="measuring window per kind")
     parser.add_argument("--gap-ms", type=float, default=4.0, help="idle gap for the second table")
+    parser.add_argument("--real", type=int, default=0, metavar="ROUNDS", help="see above")
     parser.add_argument("--out", type=Path, help="record in this BENCHMARKS.md")
     args = parser.parse_args(argv)
     rows = [*lone_rows("image", args.seconds), *lone_rows("text", args.seconds)]
+    real = real_rows(args.real) if args.real else []
     cold = cold_rows(args.gap_ms / 1000)
     lines = [
         "## Where a lone request's round trip goes",
@@ -197,6 +223,17 @@ def main(argv: list[str] | None = None) -> int:
         "the window (benchmarks/lone.py says what each covers).",
         "",
         *table(["request", "step", "ms"], rows),
+        *(
+            [
+                f"The real generated ViT-B/32 float32 models (#12), {args.real} alternating "
+                "rounds of 3 s: C=1 p50 over HTTP against one bare batch-1 call (p50) in each "
+                "thread layout, and the difference from the best of them (target ≤ +5 ms):",
+                "",
+                *table(["request", "bare batch-1 call", "C=1 over HTTP", "vs the best"], real),
+            ]
+            if real
+            else []
+        ),
         f"The same steps in one process, back to back and after {args.gap_ms:g} ms of something "
         "else (median µs):",
         "",

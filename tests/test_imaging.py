@@ -146,3 +146,30 @@ def test_the_huge_canvas_webp_is_refused_by_its_estimate() -> None:
     im = open_image(hostile.webp_with_huge_canvas(), 10**9)
     assert decode_cost(im) > 1024 * MIB
     assert isinstance(im, Image.Image)
+
+
+def test_declared_pixels_read_jpeg_headers_with_libjpeg_turbo_and_agree_with_pillow() -> None:
+    """Where a small image may be decoded on the event loop is decided from its declared size:
+    the same as Pillow's for every JPEG kind (libjpeg-turbo reads those headers), a lying header
+    counts what it claims, and what neither reads is None — never an exception."""
+    from photofield_ai.imaging.decode import _turbojpeg, declared_pixels
+
+    assert _turbojpeg() is not None, "libjpeg-turbo is installed for the test suite"
+    image = photo(320, 200)
+    files = [
+        encode(image, "JPEG"),
+        encode(image, "JPEG", progressive=True),
+        encode(image.convert("L"), "JPEG"),
+        encode(image.convert("CMYK"), "JPEG"),
+        hostile.mpo(640, 480),
+        hostile.jpeg_claiming(3000, 2000),
+        (Path(__file__).parent / "data" / "arithmetic-coded.jpg").read_bytes(),
+        encode(image, "PNG"),
+    ]
+    for data in files:
+        with Image.open(io.BytesIO(data)) as im:
+            assert declared_pixels(data) == im.width * im.height, im.format
+    # Past Pillow's bomb threshold (Pillow's open refuses it): still the size it claims.
+    assert declared_pixels(hostile.jpeg_claiming(30000, 20000)) == 600_000_000
+    for junk in (b"", b"\xff\xd8", b"\xff\xd8\xff\xe0 not a jpeg", b"GIF89a", b"plain text"):
+        assert declared_pixels(junk) is None
