@@ -122,10 +122,20 @@ def start(cfg: Config, dtype: str, **env: str) -> ServerProcess:
 
 
 def bare_model(
-    path: Path, providers: list[str], kind: Kind, intra_op_threads: int = 0
+    path: Path,
+    providers: list[str],
+    kind: Kind,
+    intra_op_threads: int = 0,
+    spin_during_calls: bool = False,
 ) -> LoadedEmbeddingModel:
     """A model as the server loads it, for session calls without the server around them."""
-    return load_embedding_model(path, providers, kind, intra_op_threads=intra_op_threads)
+    return load_embedding_model(
+        path,
+        providers,
+        kind,
+        intra_op_threads=intra_op_threads,
+        spin_during_calls=spin_during_calls,
+    )
 
 
 def record_section(path: Path, name: str, lines: list[str]) -> None:

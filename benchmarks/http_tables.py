@@ -130,7 +130,13 @@ class LoneRequest:
         return min(self.bare_p50_s.values())
 
 
-BARE_LAYOUTS = {"1 thread": 1, "ONNX Runtime's default threads": 0}
+# (threads per call, worker threads spinning during the call): the server's two sessions of the
+# adaptive layout, and ONNX Runtime's default threads without spinning.
+BARE_LAYOUTS = {
+    "1 thread": (1, False),
+    "ONNX Runtime's default threads": (0, False),
+    "default threads, spinning during the call": (0, True),
+}
 
 
 def lone_request_latency(cfg: Config, dtype: str, rounds: int = 3) -> dict[str, LoneRequest]:
@@ -145,8 +151,8 @@ def lone_request_latency(cfg: Config, dtype: str, rounds: int = 3) -> dict[str, 
     try:
         for kind, path, workload in zip(KINDS, paths, (thumbnails(), searches()), strict=True):
             sessions = {
-                name: bare_model(path, cfg.providers, kind, threads)
-                for name, threads in BARE_LAYOUTS.items()
+                name: bare_model(path, cfg.providers, kind, threads, spin)
+                for name, (threads, spin) in BARE_LAYOUTS.items()
             }
             x = next(iter(sessions.values())).encoder.example_input(1)
             bare: dict[str, list[float]] = {name: [] for name in sessions}

@@ -2,16 +2,33 @@
 (`concurrent_color_loads`), 8 `/faces` clients sending original photos (12-Mpx JPEGs and some
 HEIC, `concurrent_meta_loads`) and one searcher — on the default settings, with generated
 ViT-B/32 models and shape-true face models (testing.face_models).
+
+    python -m benchmarks.photofield [--seconds 10]
+
+runs it alone (the mixed window is three times --seconds, as in the full suite); PYTHONPATH
+pointing at another checkout's `src` runs that code's server.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
+import datetime
 import io
+import sys
 import urllib.request
+from pathlib import Path
 
-from benchmarks.common import Config, fmt_ms, searches, table, thumbnails
+from benchmarks.common import (
+    Config,
+    command_line,
+    cpu_name,
+    fmt_ms,
+    searches,
+    table,
+    thumbnails,
+)
 from benchmarks.load import LoadResult, Workload, run_load, run_together
 from photofield_ai.testing import face_models
 from photofield_ai.testing.generate import generate
@@ -124,3 +141,20 @@ def mixed_load(cfg: Config, dtype: str) -> tuple[list[str], dict[str, LoadResult
         "",
     ]
     return lines, {"idle": idle, "thumbs": thumbs, "faces": faces, "search": search}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="the idle-search window")
+    args = parser.parse_args(argv)
+    cfg = Config(False, False, Path(".bench"), args.seconds, 2.0, 1)
+    lines, _ = mixed_load(cfg, "float32")
+    print(f"`{command_line('photofield', argv)}`, {datetime.date.today()}, {cpu_name()}\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

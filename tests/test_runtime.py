@@ -270,9 +270,27 @@ def test_thread_settings_reach_the_sessions(
         (models.visual, models.textual), threads, alone_threads, strict=True
     ):
         assert loaded is not None and isinstance(loaded.session, OnnxSession)
-        assert loaded.session.session.get_session_options().intra_op_num_threads == want
+        options = loaded.session.session.get_session_options()
+        assert options.intra_op_num_threads == want
+        assert _spinning(options) == ("0", "")  # never: it would burn the other batches' cores
         if want_alone is None:
             assert loaded.alone is None
         else:
             assert isinstance(loaded.alone, OnnxSession)
-            assert loaded.alone.session.get_session_options().intra_op_num_threads == want_alone
+            options = loaded.alone.session.get_session_options()
+            assert options.intra_op_num_threads == want_alone
+            # The session for a batch alone spins during its calls only, also once reloaded.
+            assert _spinning(options) == ("1", "1")
+            assert loaded.alone.unload_if_idle(0.0) and not loaded.alone.loaded
+            assert _spinning(loaded.alone.session.get_session_options()) == ("1", "1")
+
+
+def _spinning(options: ort.SessionOptions) -> tuple[str, str]:
+    """(allow_spinning, force_spinning_stop) as the session was configured ("" when unset)."""
+    entries = []
+    for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
+        try:
+            entries.append(options.get_session_config_entry(key))
+        except Exception:  # onnxruntime raises when the entry was never set
+            entries.append("")
+    return entries[0], entries[1]

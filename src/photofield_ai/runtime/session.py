@@ -57,17 +57,25 @@ class ModelLoadError(RuntimeError):
 
 
 def open_session(
-    path: Path, providers: list[str], intra_op_threads: int = 0
+    path: Path, providers: list[str], intra_op_threads: int = 0, spin_during_calls: bool = False
 ) -> ort.InferenceSession:
     """An ONNX Runtime session with this project's options, or a one-line ModelLoadError.
-    `intra_op_threads` = 0 lets ONNX Runtime use one thread per physical core."""
+    `intra_op_threads` = 0 lets ONNX Runtime use one thread per physical core.
+
+    Worker threads do not spin by default: spinning threads burn the cores the other model's
+    session and the decoders need. With `spin_during_calls` they spin between the parallel
+    sections of a call — no wake-up per section — and stop the moment the call returns
+    (ONNX Runtime's `session.force_spinning_stop`): for a session that runs alone."""
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = intra_op_threads
-    # Spinning worker threads burn the cores the other model's session and the decoders need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if spin_during_calls else "0"
+    )
+    if spin_during_calls:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     try:
         return ort.InferenceSession(
             str(path),
@@ -107,11 +115,20 @@ class OnnxSession:
     It can also let go of its ONNX Runtime session when idle (`unload_if_idle`) and open it
     again on the next `run`; callers that arrive during that load wait for the same load."""
 
-    def __init__(self, path: Path, providers: list[str], intra_op_threads: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        providers: list[str],
+        intra_op_threads: int = 0,
+        spin_during_calls: bool = False,
+    ) -> None:
         self.path = path
         self.intra_op_threads = intra_op_threads
+        self.spin_during_calls = spin_during_calls
         self._requested_providers = list(providers)
-        self._session: ort.InferenceSession | None = open_session(path, providers, intra_op_threads)
+        self._session: ort.InferenceSession | None = open_session(
+            path, providers, intra_op_threads, spin_during_calls
+        )
         self._lock = threading.Lock()
         self._running = 0
         self.last_used = time.monotonic()
@@ -154,7 +171,7 @@ class OnnxSession:
         if self._session is None:
             started = time.perf_counter()
             self._session = open_session(
-                self.path, self._requested_providers, self.intra_op_threads
+                self.path, self._requested_providers, self.intra_op_threads, self.spin_during_calls
             )
             if self.on_load is not None:
                 self.on_load(time.perf_counter() - started)

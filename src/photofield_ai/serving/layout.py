@@ -32,6 +32,13 @@ ACCELERATOR_MAX_BATCH_SIZE = 64
 BATCH_TIMEOUT_MS = 2.0
 ACCELERATOR_CONCURRENT_BATCHES = 2
 CPU_VISUAL_THREADS = 1
+# The adaptive layout's every-core session (a batch with nothing else running) lets its worker
+# threads spin during a call and stops them when it returns (runtime.session.open_session):
+# without it every parallel section of the call waits for a sleeping thread to wake. Measured
+# on the 2-core VM (BENCHMARKS.md "compare"): a lone thumbnail and a lone search several ms
+# faster. Spinning without the stop keeps a core busy after the call, which the decoders and the
+# other session need.
+ALONE_SESSION_SPINS = True
 # The adaptive layout, visual model: a batch about to start waits up to this long for the items
 # it knows are coming (requests being decoded, clients just answered), so that four thumbnail
 # clients on two cores run as two batches of two, not batches of one and three. Not the textual
@@ -62,6 +69,7 @@ class ThreadLayout:
     intra_op_threads: int  # 0: ONNX Runtime's default, one per physical core
     concurrent_batches: int  # K
     alone_threads: int | None = None  # None: no second session
+    alone_spins: bool = False  # the second session's threads spin during its calls
 
 
 def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLayout:
@@ -74,7 +82,7 @@ def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLay
     explicit = threads is not None or settings.max_concurrent_batches is not None
     if kind in ("visual", "textual") and adaptive(settings) and cpus > 1 and not explicit:
         # A busy queue: one single-threaded batch per core; a batch alone: every core.
-        return ThreadLayout(1, cpus, 0)
+        return ThreadLayout(1, cpus, 0, ALONE_SESSION_SPINS)
     if kind == "visual":
         threads = threads or CPU_VISUAL_THREADS
         return ThreadLayout(threads, settings.max_concurrent_batches or max(1, cpus // threads))
