@@ -131,7 +131,8 @@ class LoneRequest:
 
 
 # (threads per call, worker threads spinning during the call): the server's two sessions of the
-# adaptive layout, and ONNX Runtime's default threads without spinning.
+# adaptive layout, and every core with threads that spin while the call runs (runtime.session;
+# the server does not, serving.layout says why) — the best single call is the best of the three.
 BARE_LAYOUTS = {
     "1 thread": (1, False),
     "ONNX Runtime's default threads": (0, False),

@@ -47,7 +47,7 @@ def test_thread_layout_defaults_per_device_and_model() -> None:
     default = Settings()
     for kind in ("visual", "textual"):
         expected = (
-            ThreadLayout(1, cpus, 0, alone_spins=True)
+            ThreadLayout(1, cpus, 0)
             if cpus > 1
             else thread_layout(Settings(adaptive_layout=False), kind, False)
         )

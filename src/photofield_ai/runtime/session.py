@@ -65,7 +65,8 @@ def open_session(
     Worker threads do not spin by default: spinning threads burn the cores the other model's
     session and the decoders need. With `spin_during_calls` they spin between the parallel
     sections of a call — no wake-up per section — and stop the moment the call returns
-    (ONNX Runtime's `session.force_spinning_stop`): for a session that runs alone."""
+    (ONNX Runtime's `session.force_spinning_stop`): the benchmarks' bare batch-1 calls try it
+    (serving.layout says why the server does not)."""
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     options = ort.SessionOptions()

@@ -9,6 +9,11 @@ Measured reasons (BENCHMARKS.md, README "Tuning"):
   at 32 clients); a batch that starts with nothing else running or waiting runs on a second
   session with every core, as fast as the best single call (a lone thumbnail: ~86 ms, not
   ~140). The price: the second session's weights in memory.
+- CPU, adaptive: no session's worker threads spin, not even the every-core one's during its
+  calls only (`session.force_spinning_stop`): a bare lone call was 3-8 ms faster with it, but
+  the session runs "alone" whenever its own model is idle — also while /faces keeps the cores
+  busy, where its spinning took CPU from the others (thumbnails 1.53 and 1.63/s vs 1.90 and
+  1.73/s at Photofield's mixed load, BENCHMARKS.md "compare").
 - CPU without the adaptive layout: the visual model as above without the second session; the
   textual model one batch at a time across all cores; the face models take K from the
   non-visual layout and keep ONNX Runtime's threads.
@@ -32,13 +37,6 @@ ACCELERATOR_MAX_BATCH_SIZE = 64
 BATCH_TIMEOUT_MS = 2.0
 ACCELERATOR_CONCURRENT_BATCHES = 2
 CPU_VISUAL_THREADS = 1
-# The adaptive layout's every-core session (a batch with nothing else running) lets its worker
-# threads spin during a call and stops them when it returns (runtime.session.open_session):
-# without it every parallel section of the call waits for a sleeping thread to wake. Measured
-# on the 2-core VM (BENCHMARKS.md "compare"): a lone thumbnail and a lone search several ms
-# faster. Spinning without the stop keeps a core busy after the call, which the decoders and the
-# other session need.
-ALONE_SESSION_SPINS = True
 # The adaptive layout, visual model: a batch about to start waits up to this long for the items
 # it knows are coming (requests being decoded, clients just answered), so that four thumbnail
 # clients on two cores run as two batches of two, not batches of one and three. Not the textual
@@ -69,7 +67,6 @@ class ThreadLayout:
     intra_op_threads: int  # 0: ONNX Runtime's default, one per physical core
     concurrent_batches: int  # K
     alone_threads: int | None = None  # None: no second session
-    alone_spins: bool = False  # the second session's threads spin during its calls
 
 
 def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLayout:
@@ -82,7 +79,7 @@ def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLay
     explicit = threads is not None or settings.max_concurrent_batches is not None
     if kind in ("visual", "textual") and adaptive(settings) and cpus > 1 and not explicit:
         # A busy queue: one single-threaded batch per core; a batch alone: every core.
-        return ThreadLayout(1, cpus, 0, ALONE_SESSION_SPINS)
+        return ThreadLayout(1, cpus, 0)
     if kind == "visual":
         threads = threads or CPU_VISUAL_THREADS
         return ThreadLayout(threads, settings.max_concurrent_batches or max(1, cpus // threads))

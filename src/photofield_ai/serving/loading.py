@@ -196,14 +196,13 @@ def load_embedding_model(
     intra_op_threads: int = 0,
     session_type: type[OnnxSession] = OnnxSession,
     alone_threads: int | None = None,
-    alone_spins: bool = False,
     spin_during_calls: bool = False,
 ) -> LoadedEmbeddingModel:
     """Open the model and check that it is a `kind` model of `family`; with `alone_threads`,
-    a second session of it with those threads (the adaptive layout), its worker threads
-    spinning during its calls with `alone_spins` (runtime.session.open_session; the first
-    session's with `spin_during_calls`). `session_type` lets tests slow down or break the
-    session (a subclass) while everything else stays real."""
+    a second session of it with those threads (the adaptive layout). `spin_during_calls`
+    (runtime.session.open_session) is for the benchmarks' bare calls; the server never spins.
+    `session_type` lets tests slow down or break the session (a subclass) while everything
+    else stays real."""
     session: Session
     alone: Session | None = None
     if isinstance(location, SimulatedModel):
@@ -211,7 +210,7 @@ def load_embedding_model(
     else:
         session = session_type(location, providers, intra_op_threads, spin_during_calls)
         if alone_threads is not None:
-            alone = session_type(location, providers, alone_threads, alone_spins)
+            alone = session_type(location, providers, alone_threads)
     return LoadedEmbeddingModel(session, family.encoder(family.inspect(session, kind)), alone)
 
 
@@ -256,7 +255,6 @@ def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedMo
                 family,
                 layout.intra_op_threads,
                 alone_threads=layout.alone_threads,
-                alone_spins=layout.alone_spins,
             ),
         )
     faces = load_face_models(settings, providers, progress)
