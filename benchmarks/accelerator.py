@@ -86,7 +86,9 @@ def lone_overhead_ms(row: Row) -> float:
     return (row.result.percentile(50) - simulated_call_s(row.label)) * 1000
 
 
-def _start(cfg: Config, workers: int) -> ServerProcess:
+def start_accelerated(cfg: Config, workers: int) -> ServerProcess:
+    """The server with W workers on the accelerator: the simulated one, or with --gpu the
+    GPU and generated float16 models."""
     if cfg.gpu:
         visual, textual = generate("vit-b-32", "float16", cfg.workdir / "models")
         env = {**cfg.server_env, "PHOTOFIELD_AI_WORKERS": str(workers)}
@@ -117,7 +119,7 @@ def accelerator_table(
     cfg: Config, worker_counts: list[int], concurrencies: list[int]
 ) -> tuple[list[str], list[Row]]:
     rows: dict[tuple[str, int, int], Row] = {}
-    servers = {w: _start(cfg, w) for w in worker_counts}
+    servers = {w: start_accelerated(cfg, w) for w in worker_counts}
     seconds = cfg.measure_s / ROUNDS
     try:
         for label, workload in (("256-px JPEG", thumbnails()), ("one text", searches())):

@@ -138,6 +138,13 @@ def bare_model(
     )
 
 
+def publish(lines: list[str], out: Path | None, name: str) -> None:
+    """Print a report; with `--out`, also record it as section `name` of that BENCHMARKS.md."""
+    print("\n".join(lines))
+    if out:
+        record_section(out, name, lines)
+
+
 def record_section(path: Path, name: str, lines: list[str]) -> None:
     """Write `lines` into BENCHMARKS.md between `<!-- name:start -->` and `<!-- name:end -->`,
     replacing what was there (or appending): sections that commands other than benchmarks.run

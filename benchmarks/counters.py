@@ -16,6 +16,28 @@ from benchmarks.common import fmt_ms
 from benchmarks.load import LoadResult
 from photofield_ai.testing.server import ServerProcess, descendants, process_name
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """Every sample of a server's /metrics, keyed by name and (sorted) labels."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def histogram_mean(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    """The mean of histogram `name` over the window between two scrapes (NaN: nothing
+    observed)."""
+    key = tuple(sorted(labels.items()))
+    total = after.get((name + "_sum", key), 0.0) - before.get((name + "_sum", key), 0.0)
+    count = after.get((name + "_count", key), 0.0) - before.get((name + "_count", key), 0.0)
+    return total / count if count else float("nan")
+
 
 @dataclass(frozen=True)
 class ServerCounters:
@@ -32,19 +54,14 @@ class ServerCounters:
     @classmethod
     def read(cls, server: ServerProcess, model: str) -> ServerCounters:
         at = time.perf_counter()
-        with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
-            text = response.read().decode()
         values: dict[str, float] = {}
         cache_hits = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.labels.get("model") == model:
-                    values[sample.name] = sample.value
-                elif (
-                    sample.name == "photofield_ai_text_cache_lookups_total"
-                    and sample.labels.get("result") == "hit"
-                ):
-                    cache_hits += sample.value
+        for (name, labels), value in scrape(server.url).items():
+            label = dict(labels)
+            if label.get("model") == model:
+                values[name] = value
+            elif name == "photofield_ai_text_cache_lookups_total" and label.get("result") == "hit":
+                cache_hits += value
         return cls(
             at,
             values.get("photofield_ai_inference_seconds_sum", 0.0),

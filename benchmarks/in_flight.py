@@ -24,7 +24,7 @@ from benchmarks.common import (
     Config,
     bare_model,
     command_line,
-    record_section,
+    publish,
     start,
     table,
     thumbnails,
@@ -115,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         ),
     ]
-    print("\n".join(lines))
-    if args.out:
-        record_section(args.out, "in-flight", lines)
+    publish(lines, args.out, "in-flight")
     return 0
 
 

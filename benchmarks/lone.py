@@ -27,82 +27,50 @@ import argparse
 import asyncio
 import datetime
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.accelerator import SIMULATED, simulated_call_s
+from benchmarks.accelerator import SIMULATED, simulated_call_s, start_accelerated
 from benchmarks.common import (
-    MODEL_PATH_ONLY,
     Config,
     command_line,
     cpu_name,
     fmt_ms,
-    record_section,
+    publish,
     searches,
     table,
     thumbnails,
 )
+from benchmarks.counters import histogram_mean, scrape
 from benchmarks.http_tables import lone_request_latency
 from benchmarks.load import run_load
 from photofield_ai.clip.preprocess import decode_and_crop
 from photofield_ai.imaging.decode import DecodeLimits
-from photofield_ai.testing.server import start_server
 from tests.images import jpeg
 
-Sums = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-
-def scrape(url: str) -> Sums:
-    """Every sample of the server's /metrics, keyed by name and labels."""
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def mean_s(before: Sums, after: Sums, name: str, **labels: str) -> float:
-    """The mean of histogram `name` over the window between two scrapes."""
-    key = tuple(sorted(labels.items()))
-    total = after.get((name + "_sum", key), 0.0) - before.get((name + "_sum", key), 0.0)
-    count = after.get((name + "_count", key), 0.0) - before.get((name + "_count", key), 0.0)
-    return total / count if count else float("nan")
-
-
-def lone_rows(kind: str, seconds: float) -> list[list[str]]:
+def lone_rows(cfg: Config, kind: str) -> list[list[str]]:
     workload = thumbnails() if kind == "image" else searches()
     model = "visual" if kind == "image" else "textual"
     endpoint = "/image-embeddings" if kind == "image" else "/text-embeddings"
-    server = start_server(
-        Path(tempfile.mkdtemp(prefix="lone-")),
-        None,
-        None,
-        120,
-        PHOTOFIELD_AI_WORKERS="1",
-        **SIMULATED,
-        **MODEL_PATH_ONLY,
-    )
+    server = start_accelerated(cfg, 1)
     try:
         run_load(server.url, workload, 1, 1.0, 2.0)  # warm up
         before = scrape(server.url)
-        result = run_load(server.url, workload, 1, 0.0, seconds)
+        result = run_load(server.url, workload, 1, 0.0, cfg.measure_s)
         after = scrape(server.url)
     finally:
         server.stop()
     trip = float(np.mean(result.latencies))
     request_timer = "photofield_ai_http_request_duration_seconds"
-    in_server = mean_s(before, after, request_timer, endpoint=endpoint, method="POST")
-    prep = mean_s(before, after, "photofield_ai_preprocess_seconds", kind=kind)
-    queued = mean_s(before, after, "photofield_ai_queue_wait_seconds", model=model)
-    call = mean_s(before, after, "photofield_ai_inference_seconds", model=model)
+    in_server = histogram_mean(before, after, request_timer, endpoint=endpoint, method="POST")
+    prep = histogram_mean(before, after, "photofield_ai_preprocess_seconds", kind=kind)
+    queued = histogram_mean(before, after, "photofield_ai_queue_wait_seconds", model=model)
+    call = histogram_mean(before, after, "photofield_ai_inference_seconds", model=model)
     label = "256-px JPEG" if kind == "image" else "one text"
     simulated = simulated_call_s(label)
     steps = [
@@ -184,9 +152,8 @@ def cold_rows(gap_s: float) -> list[list[str]]:
     return rows
 
 
-def real_rows(rounds: int) -> list[list[str]]:
+def real_rows(cfg: Config, rounds: int) -> list[list[str]]:
     """C=1 p50 over HTTP against the best bare batch-1 call, real generated models."""
-    cfg = Config(False, False, Path(".bench"), 6.0, 1.0, 1)
     rows = []
     for kind, lone in lone_request_latency(cfg, "float32", rounds).items():
         p50, best = lone.http.percentile(50), lone.best_bare_s
@@ -210,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=int, default=0, metavar="ROUNDS", help="see above")
     parser.add_argument("--out", type=Path, help="record in this BENCHMARKS.md")
     args = parser.parse_args(argv)
-    rows = [*lone_rows("image", args.seconds), *lone_rows("text", args.seconds)]
-    real = real_rows(args.real) if args.real else []
+    cfg = Config(False, False, Path(".bench"), args.seconds, 1.0, 1)
+    rows = [*lone_rows(cfg, "image"), *lone_rows(cfg, "text")]
+    real = real_rows(cfg, args.real) if args.real else []
     cold = cold_rows(args.gap_ms / 1000)
     lines = [
         "## Where a lone request's round trip goes",
@@ -239,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *table(["step", "back to back", f"after {args.gap_ms:g} ms", "gap"], cold),
     ]
-    print("\n".join(lines))
-    if args.out:
-        record_section(args.out, "lone", lines)
+    publish(lines, args.out, "lone")
     return 0
 
 

@@ -26,7 +26,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from benchmarks.common import command_line, record_section
+from benchmarks.common import command_line, publish
 from photofield_ai.testing.generate import generate
 
 VARIANTS = {
@@ -116,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *(f"- {name}: {what}" for name, what in VARIANTS.items()),
     ]
-    print("\n".join(lines))
-    if args.out:
-        record_section(args.out, "shared-weights", lines)
+    publish(lines, args.out, "shared-weights")
     return 0
 
 

@@ -13,9 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from benchmarks.ceiling import best_in_flight
-from benchmarks.counters import ServerCounters, measure
+from benchmarks.counters import ServerCounters, histogram_mean, measure, scrape
 from benchmarks.load import Workload, encode_requests, run_load
-from benchmarks.lone import mean_s, scrape
 from photofield_ai.clip.wire import decode_embedding
 from tests.conftest import ServerProcess
 from tests.images import jpeg
@@ -125,7 +124,7 @@ def test_lone_stage_means_are_taken_between_two_scrapes(server: ServerProcess) -
     spent = after[("photofield_ai_preprocess_seconds_sum", key)] - before.get(
         ("photofield_ai_preprocess_seconds_sum", key), 0.0
     )
-    assert mean_s(before, after, "photofield_ai_preprocess_seconds", kind="text") == (
+    assert histogram_mean(before, after, "photofield_ai_preprocess_seconds", kind="text") == (
         pytest.approx(spent / 2)
     )
-    assert np.isnan(mean_s(before, after, "photofield_ai_preprocess_seconds", kind="image"))
+    assert np.isnan(histogram_mean(before, after, "photofield_ai_preprocess_seconds", kind="image"))
