@@ -45,7 +45,7 @@ class Tally:
     per_round_ms: list[float] = field(default_factory=list)
 
 
-def _server(workdir: Path, src: Path, workers: int) -> ServerProcess:
+def _server(workdir: Path, src: Path, workers: int, env: dict[str, str]) -> ServerProcess:
     return start_server(
         workdir,
         None,
@@ -55,17 +55,37 @@ def _server(workdir: Path, src: Path, workers: int) -> ServerProcess:
         PHOTOFIELD_AI_WORKERS=str(workers),
         **SIMULATED,
         **MODEL_PATH_ONLY,
+        **env,
     )
 
 
+def parse_env(spec: str) -> dict[str, str]:
+    """`VAR=value,VAR=value` → environment for the head's server (a setting, or glibc's
+    MALLOC_* variables, tried on the working tree without changing it)."""
+    env = {}
+    for assignment in filter(None, spec.split(",")):
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise SystemExit(f"not VAR=value: {assignment!r}")
+        env[key] = value
+    return env
+
+
 def compare(
-    base_src: Path, head_src: Path, kind: str, workers: int, concurrency: int, rounds: int, s: float
+    base_src: Path,
+    head_src: Path,
+    kind: str,
+    workers: int,
+    concurrency: int,
+    rounds: int,
+    s: float,
+    head_env: dict[str, str] | None = None,
 ) -> list[list[str]]:
     workload = thumbnails() if kind == "image" else searches()
     workdir = Path(tempfile.mkdtemp(prefix="versions-"))
     servers = {
-        "base": _server(workdir / "base", base_src, workers),
-        "head": _server(workdir / "head", head_src, workers),
+        "base": _server(workdir / "base", base_src, workers, {}),
+        "head": _server(workdir / "head", head_src, workers, head_env or {}),
     }
     tallies = {name: Tally() for name in servers}
     try:
@@ -111,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="64", help="comma-separated C values")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0, help="window per round")
+    parser.add_argument(
+        "--head-env", default="", help="VAR=value,... for the head's server (e.g. MALLOC_*)"
+    )
     parser.add_argument("--out", type=Path, help="record in this BENCHMARKS.md")
     args = parser.parse_args(argv)
+    head_env = parse_env(args.head_env)
     root = Path(__file__).resolve().parent.parent
     head = _git(root, "rev-parse", "--short", "HEAD")
     dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
@@ -123,7 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         for w in (int(v) for v in args.workers.split(",")):
             for c in (int(v) for v in args.concurrency.split(",")):
                 rows += compare(
-                    checkout / "src", root / "src", args.kind, w, c, args.rounds, args.seconds
+                    checkout / "src",
+                    root / "src",
+                    args.kind,
+                    w,
+                    c,
+                    args.rounds,
+                    args.seconds,
+                    head_env,
                 )
     finally:
         _git(root, "worktree", "remove", "--force", str(checkout), check=False)
@@ -133,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"`{command}`, {datetime.date.today().isoformat()}: {label} on the simulated "
         f"accelerator, {cpu_name()}, {os.cpu_count()} cores; base = {args.base}, head = "
-        f"{head}{' + uncommitted changes' if dirty else ''}; {args.rounds} alternating rounds "
+        f"{head}{' + uncommitted changes' if dirty else ''}"
+        f"{' run with ' + args.head_env if head_env else ''}; {args.rounds} alternating rounds "
         f"of {args.seconds:g} s per version, W and C. CPU per request is every server "
         "process's CPU time in the measured windows over the requests answered in them.",
         "",

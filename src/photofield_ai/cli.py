@@ -19,7 +19,7 @@ from photofield_ai import __version__
 from photofield_ai.config import Settings, SettingsError
 from photofield_ai.fetch import ModelResolutionError
 from photofield_ai.logs import configure_logging
-from photofield_ai.memory import tune_malloc
+from photofield_ai.memory import tune_process
 from photofield_ai.serving.loading import STARTUP_ERRORS
 
 log = logging.getLogger("photofield_ai")
@@ -78,7 +78,7 @@ def run_worker(settings: Settings, worker: int, socket_path: str, slab: str) -> 
     from photofield_ai.runtime.threads import name_native_thread
     from photofield_ai.serving.remote import RemoteEngine
 
-    tune_malloc()
+    tune_process()
     configure_logging(settings.log_level)
     name_native_thread(f"worker-{worker}")
     # Ctrl-C reaches the whole process group; the supervisor turns it into SIGUSR2.
@@ -144,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    tune_malloc()  # before any thread starts, so every arena follows it
+    tune_process()  # before any thread starts, so every arena follows it
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

@@ -34,6 +34,7 @@ from photofield_ai.batcher import (
 )
 from photofield_ai.config import Settings
 from photofield_ai.logs import configure_logging
+from photofield_ai.memory import tune_process
 from photofield_ai.metrics import Metrics
 from photofield_ai.runtime.threads import (
     exit_past_running_calls,
@@ -180,6 +181,7 @@ def main(settings: Settings, socket_path: str, stats_name: str, ready: Connectio
     """The inference process: load, serve the workers until SIGTERM, drain, exit. Tells the
     supervisor over `ready` when it serves, or why it could not start."""
 
+    tune_process()
     configure_logging(settings.log_level)
     name_native_thread("inference")
     try:
