@@ -10,18 +10,20 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import uvicorn
+from starlette.applications import Starlette
 
 from photofield_ai.app import create_app
 from photofield_ai.clip.wire import decode_embedding
 from photofield_ai.config import Settings
 from photofield_ai.serving.loading import LoadedModels
-from photofield_ai.testing.server import serve_in_thread
+from photofield_ai.testing.server import free_port, serve_in_thread
 from tests.conftest import (
     CPU,
     FlakySession,
@@ -139,15 +141,36 @@ def test_failing_session_call_fails_only_its_batch(
         assert httpx.post(url + "/text-embeddings", json={"texts": ["x"]}).status_code == 200
 
 
+@contextlib.contextmanager
+def serve_with_plain_uvicorn(app: Starlette) -> Iterator[str]:
+    """The app under uvicorn's own protocol, without ours (no ON_DISCONNECT extension): what
+    someone mounting the app in another ASGI server gets."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True, name="plain-uvicorn")
+    thread.start()
+    try:
+        wait_until(lambda: server.started, "plain uvicorn starts", 60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.mark.parametrize(
+    "serve", [serve_in_thread, serve_with_plain_uvicorn], ids=["our server", "plain uvicorn"]
+)
 def test_client_that_leaves_while_queued_is_dropped(
-    tiny_float32: tuple[Path, Path], heavy_industry: bytes
+    tiny_float32: tuple[Path, Path],
+    heavy_industry: bytes,
+    serve: Callable[[Starlette], contextlib.AbstractContextManager[str]],
 ) -> None:
     models, visual = flaky_models(tiny_float32)
     visual.delay_s = 0.6
     # One batch in flight, so that the second request has to queue behind the first.
     settings = Settings(max_concurrent_batches=1)
     app = create_app(settings, models)
-    with serve_in_thread(app) as url:
+    with serve(app) as url:
         busy: list[int] = []
         first = threading.Thread(
             target=lambda: busy.append(

@@ -37,3 +37,15 @@ def test_float32_output_is_written_as_float16_little_endian() -> None:
 
 def test_zero_vector_does_not_divide_by_zero() -> None:
     assert encode_embedding(np.zeros(4, dtype=np.float16)).embedding_inv_norm_f16_uint16 == 0
+
+
+def test_inverse_norm_matches_numpy_norm_bit_for_bit() -> None:
+    # The original service used np.linalg.norm; the encoder repeats its steps without its
+    # dispatch. Rows of a batch (contiguous), strided views and both output dtypes.
+    rng = np.random.default_rng(7)
+    for dtype in (np.float16, np.float32):
+        batch = (rng.standard_normal((300, 1024)) * rng.uniform(0.01, 5, (300, 1))).astype(dtype)
+        for vector in [*batch[:, :512], *batch[:, ::2]]:
+            expected = np.float16(1 / np.linalg.norm(vector))
+            got = encode_embedding(vector).embedding_inv_norm_f16_uint16
+            assert got == int(np.array(expected, dtype=np.float16).view(np.uint16))

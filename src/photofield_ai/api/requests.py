@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from photofield_ai.api.errors import ApiError
 from photofield_ai.api.multipart import FilePart, parse_file_parts
+from photofield_ai.api.server import ON_DISCONNECT
 from photofield_ai.clip.wire import encode_embedding
 from photofield_ai.families import ImageEncoder, TextEncoder
 from photofield_ai.serving.engine import Engine, ServedEmbeddingModel
@@ -53,6 +54,30 @@ async def _wait_for_disconnect(request: Request) -> None:
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, but cancel it (dropping its queued items) if the client goes away first;
     then raise ClientDisconnect, as Starlette does when the client leaves mid-body."""
+    on_disconnect = request.scope.get("extensions", {}).get(ON_DISCONNECT)
+    if on_disconnect is None:  # served by another ASGI server
+        return await _unless_receive_says_disconnected(request, work)
+    future = asyncio.ensure_future(work)
+    left = False
+
+    def client_left() -> None:
+        nonlocal left
+        left = True
+        future.cancel()
+
+    forget = on_disconnect(client_left)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if left:
+            raise ClientDisconnect from None
+        raise
+    finally:
+        forget()
+
+
+async def _unless_receive_says_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """unless_disconnected by the ASGI protocol alone: a second task waits in `receive()`."""
     work_task = asyncio.ensure_future(work)
     watch_task = asyncio.ensure_future(_wait_for_disconnect(request))
     try:

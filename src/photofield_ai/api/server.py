@@ -22,6 +22,7 @@ Idle keep-alive connections are closed after `keep_alive_s` (uvicorn's own timer
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import resource
 import signal
@@ -42,6 +43,9 @@ from photofield_ai.runtime.threads import run_event_loop
 log = logging.getLogger("photofield_ai")
 
 MAX_HEADER_BYTES = 64 * 1024
+# ASGI scope extension: `scope["extensions"][ON_DISCONNECT](callback)` calls `callback` when the
+# client's connection is lost (at once if it already is) and returns a function that forgets it.
+ON_DISCONNECT = "photofield_ai.on_disconnect"
 # File descriptors kept free for model files, the decode threads' temporary files and logs.
 RESERVED_FDS = 128
 
@@ -92,6 +96,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._headers_too_large = False
+        self._lost = False
+        self._on_lost: set[Callable[[], None]] = set()
+
+    # -- disconnects ----------------------------------------------------------------------
+    def _call_on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """The ON_DISCONNECT extension. A handler waiting on the batcher learns that its client
+        left from here, instead of a second task blocked in `receive()` and an `asyncio.wait`
+        over both per request (~30 µs of the event loop each time)."""
+        if self._lost:
+            callback()
+            return _nothing
+        self._on_lost.add(callback)
+        return functools.partial(self._on_lost.discard, callback)
 
     # -- timers ---------------------------------------------------------------------------
     def _arm(self, seconds: float, on_expiry: Callable[[], None]) -> None:
@@ -129,6 +146,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self.metrics.http_connections.dec()
         super().connection_lost(exc)
+        self._lost = True
+        callbacks, self._on_lost = self._on_lost, set()
+        for callback in callbacks:
+            callback()
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
@@ -147,6 +168,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        extensions: dict[str, Any] = {ON_DISCONNECT: self._call_on_disconnect}
+        self.scope["extensions"] = extensions
         self._header_bytes = 0
         self._arm(self.limits.header_timeout_s, self._headers_timed_out)
 
@@ -177,6 +200,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _peer(client: tuple[str, int] | None) -> str:
