@@ -138,6 +138,17 @@ def bare_model(
     )
 
 
+def parse_assignments(spec: str) -> dict[str, str]:
+    """`VAR=value,VAR=value` → the extra environment of a server under comparison."""
+    env = {}
+    for assignment in filter(None, spec.split(",")):
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise SystemExit(f"not VAR=value: {assignment!r} in {spec!r}")
+        env[key] = value
+    return env
+
+
 def publish(lines: list[str], out: Path | None, name: str) -> None:
     """Print a report; with `--out`, also record it as section `name` of that BENCHMARKS.md."""
     print("\n".join(lines))

@@ -24,21 +24,26 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Config, command_line, fmt_ms, searches, start, table, thumbnails
+from benchmarks.common import (
+    Config,
+    command_line,
+    fmt_ms,
+    parse_assignments,
+    searches,
+    start,
+    table,
+    thumbnails,
+)
 from benchmarks.counters import Activity, measure
 from benchmarks.load import LoadResult, run_load, run_mixed
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     name, _, assignments = spec.partition(":")
-    env = {}
-    for assignment in filter(None, assignments.split(",")):
-        key, sep, value = assignment.partition("=")
-        if not sep or not (key.startswith("PHOTOFIELD_AI_") or key == "PYTHONPATH"):
-            raise SystemExit(
-                f"not a PHOTOFIELD_AI_ setting or PYTHONPATH: {assignment!r} in {spec!r}"
-            )
-        env[key] = value
+    env = parse_assignments(assignments)
+    for key in env:
+        if not (key.startswith("PHOTOFIELD_AI_") or key == "PYTHONPATH"):
+            raise SystemExit(f"not a PHOTOFIELD_AI_ setting or PYTHONPATH: {key!r} in {spec!r}")
     return name, env
 
 

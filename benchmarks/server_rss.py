@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks.common import searches, table, thumbnails
 from benchmarks.load import Workload, run_load
+from benchmarks.soak import rss_mb
 from photofield_ai.testing.generate import generate
 from photofield_ai.testing.server import descendants, start_server
 
@@ -29,14 +30,13 @@ STEPS: tuple[tuple[str, Workload, int, float], ...] = (
 
 
 def tree_rss_mb(pid: int) -> float:
-    kb = 0
+    total = 0.0
     for process in (pid, *descendants(pid)):
         try:
-            with open(f"/proc/{process}/status") as status:
-                kb += sum(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+            total += rss_mb(process)
         except OSError:
             continue  # gone between listing and reading
-    return kb / 1024
+    return total
 
 
 def measure(src: Path, workdir: Path) -> list[str]:

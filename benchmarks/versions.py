@@ -27,6 +27,7 @@ from benchmarks.common import (
     MODEL_PATH_ONLY,
     command_line,
     cpu_name,
+    parse_assignments,
     record_section,
     searches,
     table,
@@ -57,18 +58,6 @@ def _server(workdir: Path, src: Path, workers: int, env: dict[str, str]) -> Serv
         **MODEL_PATH_ONLY,
         **env,
     )
-
-
-def parse_env(spec: str) -> dict[str, str]:
-    """`VAR=value,VAR=value` → environment for the head's server (a setting, or glibc's
-    MALLOC_* variables, tried on the working tree without changing it)."""
-    env = {}
-    for assignment in filter(None, spec.split(",")):
-        key, sep, value = assignment.partition("=")
-        if not sep:
-            raise SystemExit(f"not VAR=value: {assignment!r}")
-        env[key] = value
-    return env
 
 
 def compare(
@@ -136,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="record in this BENCHMARKS.md")
     args = parser.parse_args(argv)
-    head_env = parse_env(args.head_env)
+    head_env = parse_assignments(args.head_env)
     root = Path(__file__).resolve().parent.parent
     head = _git(root, "rev-parse", "--short", "HEAD")
     dirty = _git(root, "status", "--porcelain", "--untracked-files=no")

@@ -98,6 +98,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._headers_too_large = False
         self._lost = False
         self._on_lost: set[Callable[[], None]] = set()
+        # Every request's scope on this connection gets the same extensions.
+        self._extensions: dict[str, Any] = {ON_DISCONNECT: self._call_on_disconnect}
 
     # -- disconnects ----------------------------------------------------------------------
     def _call_on_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -168,8 +170,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        extensions: dict[str, Any] = {ON_DISCONNECT: self._call_on_disconnect}
-        self.scope["extensions"] = extensions
+        self.scope["extensions"] = self._extensions
         self._header_bytes = 0
         self._arm(self.limits.header_timeout_s, self._headers_timed_out)
 
