@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,9 +103,6 @@ class Session(Protocol):
 
     @property
     def dynamic_batch(self) -> bool: ...
-
-    @property
-    def loaded(self) -> bool: ...
 
     def run(
         self, batch: Array, output_names: list[str] | None = None
@@ -211,9 +208,3 @@ class OnnxSession:
             return True
         finally:
             self._lock.release()
-
-
-def all_loaded(sessions: Iterable[Session]) -> bool:
-    """No session will open itself again on its next call (idle unload): a call now costs what
-    the recent ones did."""
-    return all(s.loaded for s in sessions)

@@ -32,7 +32,7 @@ from photofield_ai.families.base import Array
 from photofield_ai.imaging.budget import DecodeBudget
 from photofield_ai.imaging.decode import DecodeLimits
 from photofield_ai.metrics import Metrics
-from photofield_ai.runtime.session import Session, all_loaded
+from photofield_ai.runtime.session import Session
 from photofield_ai.runtime.threads import lowered_executor
 from photofield_ai.serving import layout
 from photofield_ai.serving.faces import FacePipeline, detector_runner, recognizer_runner
@@ -239,7 +239,6 @@ class Engine:
             yields_to=gate if plan.search_first == "yields" else None,
             executor=executor,
             run_alone=plan.run_alone,
-            inline_allowed=functools.partial(all_loaded, plan.sessions),
         )
         batcher.start()
         return batcher
