@@ -86,6 +86,16 @@ def lone_overhead_ms(row: Row) -> float:
     return (row.result.percentile(50) - simulated_call_s(row.label)) * 1000
 
 
+def one_process_bound(row: Row) -> str:
+    """req/s that the serial part of the server allows whatever the cores: one event loop
+    (W=1) or the one inference process in front of the accelerator (W > 1)."""
+    if row.workers > 1:
+        ms, part = row.inference_ms(), "inference process"
+    else:
+        ms, part = row.loop_ms() or 0.0, "event loop"
+    return f"{1000 / ms:.0f} req/s ({part})" if ms else "-"
+
+
 def start_accelerated(cfg: Config, workers: int) -> ServerProcess:
     """The server with W workers on the accelerator: the simulated one, or with --gpu the
     GPU and generated float16 models."""
@@ -174,7 +184,11 @@ def _report(cfg: Config, rows: list[Row]) -> list[str]:
         "C=1 p50 − one batch-1 call of the simulated model. "
         f"*Projection* = {PROJECTION_CORES} cores ÷ CPU per request: what the work around the "
         "model would allow on a 16-core GPU host of this CPU class — a projection, not a "
-        "measurement. The load generator shares this machine's cores.",
+        "measurement. *One-process bound* = 1000 ÷ the ms per request of the one part that "
+        "does not spread over cores: the event loop with W=1, the inference process with "
+        "W > 1 (all its CPU counted, as if its threads never ran at once: they share one "
+        "interpreter lock). More cores do not lift it: a host carries the lower of the two. "
+        "The load generator shares this machine's cores.",
         "",
     ]
     body = []
@@ -195,6 +209,7 @@ def _report(cfg: Config, rows: list[Row]) -> list[str]:
                 f"{r.inference_ms():.2f}" if r.workers > 1 else "-",
                 lone,
                 f"{PROJECTION_CORES * 1000 / cpu:.0f} req/s" if cpu else "-",
+                one_process_bound(r),
                 ", ".join(f"{k}: {v}" for k, v in sorted(r.result.errors.items())) or "0",
             ]
         )
@@ -212,6 +227,7 @@ def _report(cfg: Config, rows: list[Row]) -> list[str]:
             "inference (ms)",
             "lone overhead (ms)",
             f"projection, {PROJECTION_CORES} cores",
+            "one-process bound",
             "errors",
         ],
         body,

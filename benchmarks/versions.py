@@ -33,7 +33,7 @@ from benchmarks.common import (
     table,
     thumbnails,
 )
-from benchmarks.counters import tree_cpu_s
+from benchmarks.counters import inference_process_cpu_s, tree_cpu_s
 from benchmarks.load import run_load
 from photofield_ai.testing.server import ServerProcess, start_server
 
@@ -41,6 +41,7 @@ from photofield_ai.testing.server import ServerProcess, start_server
 @dataclass
 class Tally:
     cpu_s: float = 0.0
+    inference_s: float = 0.0
     requests: int = 0
     seconds: float = 0.0
     per_round_ms: list[float] = field(default_factory=list)
@@ -82,12 +83,15 @@ def compare(
             run_load(server.url, workload, concurrency, 1.0, 1.0)  # warm up
         for _ in range(rounds):
             for name, server in servers.items():
-                before = tree_cpu_s(server.process.pid) or 0.0
+                pid = server.process.pid
+                before = tree_cpu_s(pid) or 0.0
+                inference_before = inference_process_cpu_s(pid)
                 result = run_load(server.url, workload, concurrency, 0.0, s)
-                cpu = (tree_cpu_s(server.process.pid) or 0.0) - before
+                cpu = (tree_cpu_s(pid) or 0.0) - before
                 n = len(result.latencies)
                 tally = tallies[name]
                 tally.cpu_s += cpu
+                tally.inference_s += inference_process_cpu_s(pid) - inference_before
                 tally.requests += n
                 tally.seconds += s
                 tally.per_round_ms.append(1000 * cpu / max(1, n))
@@ -101,6 +105,7 @@ def compare(
             str(concurrency),
             f"{t.requests / t.seconds:.0f}",
             f"{1000 * t.cpu_s / max(1, t.requests):.2f}",
+            f"{1000 * t.inference_s / max(1, t.requests):.2f}" if workers > 1 else "-",
             ", ".join(f"{ms:.2f}" for ms in t.per_round_ms),
         ]
         for name, t in tallies.items()
@@ -148,7 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _git(root, "worktree", "remove", "--force", str(checkout), check=False)
     label = "256-px JPEG" if args.kind == "image" else "one text"
-    header = ["code", "W", "C", "req/s", "CPU / request (ms)", "per round (ms)"]
+    header = [
+        "code",
+        "W",
+        "C",
+        "req/s",
+        "CPU / request (ms)",
+        "of which the inference process (ms)",
+        "per round (ms)",
+    ]
     command = command_line("versions", argv)
     lines = [
         f"`{command}`, {datetime.date.today().isoformat()}: {label} on the simulated "
@@ -156,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{head}{' + uncommitted changes' if dirty else ''}"
         f"{' run with ' + args.head_env if head_env else ''}; {args.rounds} alternating rounds "
         f"of {args.seconds:g} s per version, W and C. CPU per request is every server "
-        "process's CPU time in the measured windows over the requests answered in them.",
+        "process's CPU time in the measured windows over the requests answered in them; with "
+        "W > 1, the inference process's share (one process: 1000 ÷ it bounds the req/s of "
+        "any number of workers).",
         "",
         *table(header, rows),
     ]

@@ -128,3 +128,18 @@ def test_lone_stage_means_are_taken_between_two_scrapes(server: ServerProcess) -
         pytest.approx(spent / 2)
     )
     assert np.isnan(histogram_mean(before, after, "photofield_ai_preprocess_seconds", kind="image"))
+
+
+def test_the_one_process_bound_is_the_serial_part_of_each_layout() -> None:
+    """Section 5's bound: 1000 ÷ the event loop's ms per request with one process, 1000 ÷ the
+    inference process's with several — never the cores' projection, which ignores it."""
+    from benchmarks.accelerator import Row, one_process_bound
+    from benchmarks.counters import Activity
+    from benchmarks.load import LoadResult
+
+    # 2,000 items: 2 s of CPU in all, 0.5 s of it on the event loop(s), 0.8 s inference.
+    activity = Activity(0.0, 2000, 200, 2.0, 5.0, loop_cpu_s=0.5)
+    one = Row("256-px JPEG", 1, 64, LoadResult(64, 5.0), activity, 0.0)
+    several = Row("256-px JPEG", 2, 64, LoadResult(64, 5.0), activity, 0.8)
+    assert one_process_bound(one) == "4000 req/s (event loop)"
+    assert one_process_bound(several) == "2500 req/s (inference process)"

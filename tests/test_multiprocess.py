@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -99,6 +101,69 @@ def test_text_and_queue_full_across_processes(tmp_path: Path) -> None:
         assert r.status_code == 200 and len(r.json()["texts"]) == 2
         codes = asyncio.run(many(srv.url, 40))
         assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_client_that_leaves_while_queued_is_dropped_across_processes(tmp_path: Path) -> None:
+    """The worker sends CANCEL for a request whose client left; the inference process drops
+    its queued item (counted in the one scrape), answers CANCELLED, and the worker's slot is
+    free again."""
+    slow = {**SLOW, "PHOTOFIELD_AI_VISUAL_MODEL": "simulated://visual?alpha_ms=800&beta_ms=0.1"}
+    srv = start_server(tmp_path, None, None, **slow, PHOTOFIELD_AI_MAX_CONCURRENT_BATCHES="1")
+    try:
+        wait_for_workers(srv, 2)
+
+        def metric(name: str, **labels: str) -> float:
+            return parse_metric(httpx.get(srv.url + "/metrics").text, name, **labels)
+
+        def until(check: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 10
+            while not check():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.02)
+
+        first = threading.Thread(
+            target=lambda: httpx.post(
+                srv.url + "/image-embeddings", files={"image": ("a.jpg", THUMBNAIL)}, timeout=30
+            )
+        )
+        first.start()
+        until(
+            lambda: metric("photofield_ai_batches_in_flight", model="visual") == 1,
+            "the first request's batch runs",
+        )
+        request = httpx.Request(
+            "POST", srv.url + "/image-embeddings", files={"image": ("b.jpg", THUMBNAIL)}
+        )
+        body = request.read()
+        with socket.create_connection(("127.0.0.1", int(srv.url.rsplit(":", 1)[1]))) as sock:
+            sock.sendall(
+                b"POST /image-embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                + request.headers["Content-Type"].encode()
+                + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            until(
+                lambda: metric("photofield_ai_queue_depth", model="visual") == 1,
+                "the second request never got queued",
+            )
+        until(
+            lambda: (
+                metric(
+                    "photofield_ai_items_dropped_total",
+                    model="visual",
+                    reason="client_disconnected",
+                )
+                == 1
+            ),
+            "the queued item of the client that left was not dropped",
+        )
+        assert metric("photofield_ai_queue_depth", model="visual") == 0
+        first.join(30)
+        # Its slot came back: the workers still serve (their slabs are not leaking).
+        assert asyncio.run(many(srv.url, 8)) == [200] * 8
+        assert metric("photofield_ai_items_processed_total", model="visual") == 9
     finally:
         assert srv.stop() == 0
 

@@ -32,6 +32,7 @@ from photofield_ai.batcher import (
     QueueFullError,
     QueueTimeoutError,
 )
+from photofield_ai.batcher.batcher import Array
 from photofield_ai.config import Settings
 from photofield_ai.logs import configure_logging
 from photofield_ai.memory import tune_process
@@ -55,6 +56,10 @@ _STATUS = (
 )
 
 
+def _status(exc: BaseException) -> int:
+    return next((s for kind, s in _STATUS if isinstance(exc, kind)), ipc.FAILED)
+
+
 def _publish(stats: ipc.QueueStats, index: int, depth: int) -> None:
     stats.depth[index] = depth
 
@@ -74,17 +79,15 @@ def remote_model(plan: ModelPlan) -> ipc.RemoteModel:
     )
 
 
-def _forget(worker: _Worker, request: int, _task: object) -> None:
-    worker.requests.pop(request, None)
-
-
 @dataclass
 class _Worker:
-    """One connected HTTP worker: its slab, and its requests in progress."""
+    """One connected HTTP worker: its slab, where its answers go, and its requests in progress
+    (each one's future from the batcher, which CANCEL cancels)."""
 
     shm: SharedMemory
-    writer: asyncio.StreamWriter
-    requests: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    out: ipc.FrameWriter
+    requests: dict[int, asyncio.Future[list[Array]]] = field(default_factory=dict)
+    gone: bool = False
 
 
 class InferenceServer:
@@ -119,62 +122,74 @@ class InferenceServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         writer.write(ipc.welcome(self.models, self.stats_name))
+        frames = ipc.FrameReader(reader)
         try:
-            kind, body = await ipc.read_frame(reader)
+            kind, body = await frames.next()
             if kind != ipc.HELLO:
                 return
             hello = json.loads(body)
-            worker = _Worker(ipc.attach(hello["shm"]), writer)
+            worker = _Worker(ipc.attach(hello["shm"]), ipc.FrameWriter(writer))
         except (asyncio.IncompleteReadError, ConnectionError, FileNotFoundError, ValueError):
             writer.close()
             return
         log.info("Worker %s connected", hello["worker"])
         try:
             while True:
-                kind, body = await ipc.read_frame(reader)
-                if kind == ipc.SUBMIT:
-                    request, model, offsets = ipc.read_submit(body)
-                    task = asyncio.get_running_loop().create_task(
-                        self._submit(worker, request, model, offsets)
-                    )
-                    worker.requests[request] = task
-                    task.add_done_callback(functools.partial(_forget, worker, request))
-                elif kind == ipc.CANCEL:
-                    running = worker.requests.get(ipc.read_cancel(body))
-                    if running is not None:
-                        running.cancel()
+                for kind, body in await frames.available():
+                    if kind == ipc.SUBMIT:
+                        self._submit(worker, *ipc.read_submit(body))
+                    elif kind == ipc.CANCEL:
+                        running = worker.requests.get(ipc.read_cancel(body))
+                        if running is not None:
+                            running.cancel()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the worker is gone: its queued items go with it
         finally:
-            for task in list(worker.requests.values()):
-                task.cancel()
+            worker.gone = True
+            for future in list(worker.requests.values()):
+                future.cancel()
             if worker.requests:
                 await asyncio.wait(worker.requests.values(), timeout=5)
             writer.close()
             worker.shm.close()
             log.info("Worker %s disconnected", hello["worker"])
 
-    async def _submit(self, worker: _Worker, request: int, index: int, offsets: list[int]) -> None:
+    def _submit(self, worker: _Worker, request: int, index: int, offsets: list[int]) -> None:
+        """Queue a request's items in place (views of the worker's slots); `_answer` replies.
+        No task per request: the batcher's future and one callback are all it costs here."""
         model, batcher = self.models[index], self.batchers[index]
         items = [ipc.view(worker.shm, o, model.item_shape, model.item_dtype) for o in offsets]
         try:
-            outputs = await batcher.submit_many(items)
-        except asyncio.CancelledError:
-            self._reply(worker, ipc.result(request, ipc.CANCELLED))
-            raise
-        except Exception as exc:
-            status = next((s for kind, s in _STATUS if isinstance(exc, kind)), ipc.FAILED)
-            self._reply(worker, ipc.result(request, status, str(exc)))
+            outputs = batcher.submit_many(items)
+        except Exception as exc:  # refused at once: queue full, shutting down
+            worker.out.write(ipc.result(request, _status(exc), str(exc)))
             return
-        for offset, row in zip(offsets, outputs, strict=True):
-            out = ipc.view(worker.shm, offset, model.output_shape, model.output_dtype)
-            np.copyto(out, row, casting="unsafe")
-        self._reply(worker, ipc.result(request, ipc.OK))
+        worker.requests[request] = outputs
+        outputs.add_done_callback(functools.partial(self._answer, worker, request, model, offsets))
 
     @staticmethod
-    def _reply(worker: _Worker, frame: bytes) -> None:
-        if not worker.writer.is_closing():
-            worker.writer.write(frame)
+    def _answer(
+        worker: _Worker,
+        request: int,
+        model: ipc.RemoteModel,
+        offsets: list[int],
+        outputs: asyncio.Future[list[Array]],
+    ) -> None:
+        worker.requests.pop(request, None)
+        if worker.gone:
+            return
+        try:
+            rows = outputs.result()
+        except asyncio.CancelledError:  # CANCEL (gather's own cancellation is an exception)
+            worker.out.write(ipc.result(request, ipc.CANCELLED))
+            return
+        except Exception as exc:
+            worker.out.write(ipc.result(request, _status(exc), str(exc)))
+            return
+        for offset, row in zip(offsets, rows, strict=True):
+            out = ipc.view(worker.shm, offset, model.output_shape, model.output_dtype)
+            np.copyto(out, row, casting="unsafe")
+        worker.out.write(ipc.result(request, ipc.OK))
 
 
 def main(settings: Settings, socket_path: str, stats_name: str, ready: Connection) -> None:

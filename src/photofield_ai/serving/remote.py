@@ -65,7 +65,7 @@ class InferenceClient:
         self.slab: SharedMemory | None = None
         self.pools: list[ipc.SlotPool] = []
         self.stats: ipc.QueueStats | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._out: ipc.FrameWriter | None = None
         self._pending: dict[int, asyncio.Future[tuple[int, str]]] = {}
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
@@ -100,7 +100,7 @@ class InferenceClient:
                 pass
             finally:
                 self.connected.clear()
-                self._writer = None
+                self._out = None
                 writer.close()
                 self._fail_pending()
                 if not self._closing:
@@ -108,7 +108,8 @@ class InferenceClient:
             await asyncio.sleep(RECONNECT_S)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        kind, body = await ipc.read_frame(reader)
+        frames = ipc.FrameReader(reader)
+        kind, body = await frames.next()
         if kind != ipc.WELCOME:
             raise ConnectionError("unexpected first frame")
         models, stats_name = ipc.read_welcome(body)
@@ -120,16 +121,17 @@ class InferenceClient:
         self.models = models
         assert self.slab is not None
         writer.write(ipc.hello(self.worker, self.slab.name))
-        self._writer = writer
+        self._out = ipc.FrameWriter(writer)
         self.connected.set()
         self.welcomed.set()
+        pending = self._pending
         while True:
-            kind, body = await ipc.read_frame(reader)
-            if kind == ipc.RESULT:
-                request, status, message = ipc.read_result(body)
-                future = self._pending.pop(request, None)
-                if future is not None and not future.done():
-                    future.set_result((status, message))
+            for kind, body in await frames.available():
+                if kind == ipc.RESULT:
+                    request, status, message = ipc.read_result(body)
+                    future = pending.pop(request, None)
+                    if future is not None and not future.done():
+                        future.set_result((status, message))
 
     def _make_slab(self, models: list[ipc.RemoteModel]) -> None:
         counts = [
@@ -153,9 +155,9 @@ class InferenceClient:
                 )
 
     def send(self, frame: bytes) -> None:
-        if self._writer is None or not self.connected.is_set():
+        if self._out is None or not self.connected.is_set():
             raise InferenceUnavailableError("the inference process is not running; retry")
-        self._writer.write(frame)
+        self._out.write(frame)
 
     def request(
         self, model: int, offsets: list[int]
