@@ -157,6 +157,23 @@ def serve_with_plain_uvicorn(app: Starlette) -> Iterator[str]:
         thread.join(30)
 
 
+@contextlib.contextmanager
+def image_post_then_leave(url: str, image: bytes) -> Iterator[None]:
+    """POST `image` to /image-embeddings on a raw socket, which is closed — the client leaving
+    without reading its answer — when the block ends."""
+    request = httpx.Request(
+        "POST", url + "/image-embeddings", files={"image": ("b.jpg", image, "image/jpeg")}
+    )
+    body = request.read()
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(
+            f"POST /image-embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            f"{request.headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        yield
+
+
 @pytest.mark.parametrize(
     "serve", [serve_in_thread, serve_with_plain_uvicorn], ids=["our server", "plain uvicorn"]
 )
@@ -186,20 +203,7 @@ def test_client_that_leaves_while_queued_is_dropped(
             lambda: metric(url, "photofield_ai_batches_in_flight", model="visual") == 1,
             "the first request's batch runs",
         )
-        request = httpx.Request(
-            "POST",
-            url + "/image-embeddings",
-            files={"image": ("b.jpg", heavy_industry, "image/jpeg")},
-        )
-        content_type = request.headers["Content-Type"]
-        body = request.read()
-        port = int(url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(
-                f"POST /image-embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                f"{content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
+        with image_post_then_leave(url, heavy_industry):
             deadline = time.monotonic() + 5
             while metric(url, "photofield_ai_queue_depth", model="visual") < 1:
                 assert time.monotonic() < deadline, "the second request never got queued"

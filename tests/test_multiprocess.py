@@ -7,18 +7,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess, start_server, wait_until
 from tests.images import jpeg
-from tests.test_hardening import parse_metric
+from tests.test_hardening import image_post_then_leave, parse_metric
+from tests.test_hardening import metric as hardening_metric
 
 # 40 ms per batch: requests arriving meanwhile wait and are batched together.
 SLOW = {
@@ -115,13 +115,7 @@ def test_a_client_that_leaves_while_queued_is_dropped_across_processes(tmp_path:
         wait_for_workers(srv, 2)
 
         def metric(name: str, **labels: str) -> float:
-            return parse_metric(httpx.get(srv.url + "/metrics").text, name, **labels)
-
-        def until(check: Callable[[], bool], what: str) -> None:
-            deadline = time.monotonic() + 10
-            while not check():
-                assert time.monotonic() < deadline, what
-                time.sleep(0.02)
+            return hardening_metric(srv.url, name, **labels)
 
         first = threading.Thread(
             target=lambda: httpx.post(
@@ -129,26 +123,16 @@ def test_a_client_that_leaves_while_queued_is_dropped_across_processes(tmp_path:
             )
         )
         first.start()
-        until(
+        wait_until(
             lambda: metric("photofield_ai_batches_in_flight", model="visual") == 1,
             "the first request's batch runs",
         )
-        request = httpx.Request(
-            "POST", srv.url + "/image-embeddings", files={"image": ("b.jpg", THUMBNAIL)}
-        )
-        body = request.read()
-        with socket.create_connection(("127.0.0.1", int(srv.url.rsplit(":", 1)[1]))) as sock:
-            sock.sendall(
-                b"POST /image-embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                + request.headers["Content-Type"].encode()
-                + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
-            until(
+        with image_post_then_leave(srv.url, THUMBNAIL):
+            wait_until(
                 lambda: metric("photofield_ai_queue_depth", model="visual") == 1,
-                "the second request never got queued",
+                "the second request got queued",
             )
-        until(
+        wait_until(
             lambda: (
                 metric(
                     "photofield_ai_items_dropped_total",
@@ -157,7 +141,7 @@ def test_a_client_that_leaves_while_queued_is_dropped_across_processes(tmp_path:
                 )
                 == 1
             ),
-            "the queued item of the client that left was not dropped",
+            "the queued item of the client that left was dropped",
         )
         assert metric("photofield_ai_queue_depth", model="visual") == 0
         first.join(30)

@@ -118,8 +118,8 @@ class FrameWriter:
         self._pending.append(frame)
 
     def _flush(self) -> None:
-        frames, self._pending = self._pending, []
-        if frames and not self.writer.is_closing():
+        frames, self._pending = self._pending, []  # never empty: write() scheduled this
+        if not self.writer.is_closing():
             self.writer.write(b"".join(frames))
 
 

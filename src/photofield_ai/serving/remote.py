@@ -124,12 +124,11 @@ class InferenceClient:
         self._out = ipc.FrameWriter(writer)
         self.connected.set()
         self.welcomed.set()
-        pending = self._pending
         while True:
             for kind, body in await frames.available():
                 if kind == ipc.RESULT:
                     request, status, message = ipc.read_result(body)
-                    future = pending.pop(request, None)
+                    future = self._pending.pop(request, None)
                     if future is not None and not future.done():
                         future.set_result((status, message))
 
