@@ -519,3 +519,64 @@ async def test_a_call_that_cannot_start_fails_its_batch_and_not_the_loop() -> No
             await asyncio.wait_for(batcher.submit(item(value)), 5)
     assert batcher.idle
     await batcher.close(1)
+
+
+def test_batches_of_one_thread_reuse_one_buffer_and_other_threads_get_their_own() -> None:
+    """Each batch stacked into a new array is a fresh mapping page-faulted in per batch (the
+    mmap threshold is fixed at 256 KB); the buffer stays, and the copy is all that is left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from photofield_ai.batcher.batcher import BatchBuffers
+
+    buffers = BatchBuffers(rows=4)
+    rows = [np.full((3, 5), v, dtype=np.float32) for v in range(4)]
+    first = buffers.stack(rows[:3])
+    second = buffers.stack(rows[1:3])
+    assert np.shares_memory(first, second), "the second batch of the thread reused the buffer"
+    np.testing.assert_array_equal(second, np.stack(rows[1:3]))
+    with ThreadPoolExecutor(1) as other:
+        elsewhere = other.submit(buffers.stack, rows[:2]).result()
+    assert not np.shares_memory(elsewhere, first), "another thread has its own buffer"
+    np.testing.assert_array_equal(elsewhere, np.stack(rows[:2]))
+    # A batch larger than the buffer, or items of another shape or dtype, get a new one.
+    larger = buffers.stack(rows + rows[:2])
+    assert larger.shape == (6, 3, 5) and not np.shares_memory(larger, first)
+    ints = buffers.stack([np.ones((2, 2), np.int32), np.zeros((2, 2), np.int32)])
+    assert ints.dtype == np.int32 and ints.shape == (2, 2, 2)
+    assert ints[0].sum() == 4 and ints[1].sum() == 0
+    lone = buffers.stack(rows[:1])
+    assert np.shares_memory(lone, rows[0]), "a batch of one is still a view of its item"
+
+
+async def test_rows_that_are_views_of_the_batch_survive_the_next_batch_of_the_thread() -> None:
+    """A run function may hand back a slice of its input (the batch buffer). Those rows are
+    answered after the call returns, when the thread may already be stacking the next batch
+    into the same buffer: they must be copies by then."""
+
+    def first_column(batch: np.ndarray) -> np.ndarray:
+        return batch[:, :1]  # a view of the buffer
+
+    batcher = make(first_column, max_concurrent_batches=1)
+    early = await batcher.submit_many([item(1.0), item(2.0)])
+    later = await batcher.submit_many([item(3.0), item(4.0)])
+    assert [float(r[0]) for r in later] == [3.0, 4.0]
+    assert [float(r[0]) for r in early] == [1.0, 2.0], "the second batch overwrote the first"
+    await batcher.close(1)
+
+
+def test_a_batch_larger_than_the_buffer_cap_is_stacked_anew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Big items (640² face-detection inputs) are not kept per thread past the cap."""
+    from photofield_ai.batcher import batcher as module
+
+    monkeypatch.setattr(module, "BATCH_BUFFER_MAX_BYTES", 3 * 60)
+    buffers = module.BatchBuffers(rows=8)
+    rows = [np.full((15,), v, dtype=np.float32) for v in range(4)]  # 60 bytes each
+    three = buffers.stack(rows[:3])
+    buffer = buffers.stack(rows[:2]).base
+    assert buffer is not None and len(buffer) == 3, "the buffer holds what the cap allows"
+    assert np.shares_memory(three, buffers.stack(rows[1:4]))
+    four = buffers.stack(rows)
+    assert not np.shares_memory(four, three)
+    np.testing.assert_array_equal(four, np.stack(rows))
