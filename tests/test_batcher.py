@@ -580,3 +580,41 @@ def test_a_batch_larger_than_the_buffer_cap_is_stacked_anew(
     four = buffers.stack(rows)
     assert not np.shares_memory(four, three)
     np.testing.assert_array_equal(four, np.stack(rows))
+
+
+async def test_a_failed_request_takes_its_still_queued_items_out_of_the_queue() -> None:
+    """A request fails with its first failing item; the items it has still queued would only
+    compute rows nobody reads, so they leave the queue instead of running."""
+    metrics = Metrics()
+    model = SlowModel(fail_on=-1, held=True)
+    batcher = make(model, metrics, max_batch_size=2, batch_timeout_s=0)
+    first = asyncio.ensure_future(batcher.submit(item(0)))
+    await model.until_running()
+    request = asyncio.ensure_future(batcher.submit_many([item(1), item(-1), item(3), item(4)]))
+    await wait_until_async(lambda: batcher.queue_depth == 4, "the request is queued")
+    model.release()
+    with pytest.raises(BatchFailedError, match="inference failed"):
+        await request
+    await first
+    await wait_until_async(lambda: batcher.queue_depth == 0, "the queue is empty")
+    assert (await batcher.submit(item(5)))[0] == 10
+    assert model.batches == [[0.0], [1.0, -1.0], [5.0]], "items 3 and 4 never ran"
+    assert sample(metrics, "photofield_ai_queue_depth") == 0
+    dropped = "photofield_ai_items_dropped_total"
+    assert sample(metrics, dropped, reason="client_disconnected") == 0
+    await batcher.close(1)
+
+
+async def test_one_request_spread_over_several_batches_gets_its_rows_in_order() -> None:
+    model = SlowModel(held=True)
+    batcher = make(model, max_batch_size=3, batch_timeout_s=0, max_concurrent_batches=2)
+    blocker = asyncio.ensure_future(batcher.submit(item(100)))
+    await model.until_running()
+    request = asyncio.ensure_future(batcher.submit_many([item(v) for v in range(7)]))
+    await wait_until_async(lambda: batcher.queue_depth == 4, "one batch of 3 started")
+    model.release()
+    rows = await request
+    assert [float(r[0]) for r in rows] == [2.0 * v for v in range(7)]
+    assert [len(b) for b in model.batches] == [1, 3, 3, 1]
+    await blocker
+    await batcher.close(1)

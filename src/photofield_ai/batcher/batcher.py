@@ -18,8 +18,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -152,11 +152,39 @@ class _Answered:
     not_back: int
 
 
-@dataclass(eq=False)
+class _Request:
+    """The items of one request and the one future that answers them all. No future per item
+    and no gather: on the multi-process server's inference loop each of those was several
+    callbacks per item, and the loop is what bounds its throughput."""
+
+    __slots__ = ("future", "pending", "rows")
+
+    def __init__(self, future: asyncio.Future[list[Array]], count: int) -> None:
+        self.future = future
+        self.rows: list[Any] = [None] * count
+        self.pending = count
+
+    def answer(self, index: int, row: Array) -> None:
+        if self.future.done():
+            return
+        self.rows[index] = row
+        self.pending -= 1
+        if not self.pending:
+            self.future.set_result(self.rows)
+
+    def fail(self, error: BaseException) -> None:
+        """The request fails with its first failing item (as gather did); its items still
+        queued are then dropped (DynamicBatcher._on_done), not run for nobody."""
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+@dataclass(eq=False, slots=True)
 class _Entry:
     item: Array
-    future: asyncio.Future[Array]
-    enqueued: float = field(default_factory=time.monotonic)
+    request: _Request
+    index: int
+    enqueued: float
 
 
 class DynamicBatcher:
@@ -264,14 +292,14 @@ class DynamicBatcher:
         request, raising at once); the returned future gives their results in order.
         Cancelling it drops the still-queued items."""
         self.check_room(len(items))
-        loop = asyncio.get_running_loop()
-        entries = [_Entry(item, loop.create_future()) for item in items]
-        for entry in entries:
-            entry.future.add_done_callback(functools.partial(self._on_done, entry))
-        self._queue.extend(entries)
-        self._match_returns(len(entries))
+        future: asyncio.Future[list[Array]] = asyncio.get_running_loop().create_future()
+        request = _Request(future, len(items))
+        now = time.monotonic()
+        self._queue.extend(_Entry(item, request, i, now) for i, item in enumerate(items))
+        future.add_done_callback(functools.partial(self._on_done, request))
+        self._match_returns(len(items))
         self._queue_changed()
-        return asyncio.gather(*(e.future for e in entries))
+        return future
 
     async def close(self, grace_s: float) -> None:
         """Stop taking items; let queued and running batches finish for up to `grace_s`."""
@@ -285,10 +313,9 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         for entry in list(self._queue):
-            if not entry.future.done():
-                entry.future.set_exception(
-                    BatcherClosedError(f"the {self.name} model shut down before this item ran")
-                )
+            entry.request.fail(
+                BatcherClosedError(f"the {self.name} model shut down before this item ran")
+            )
         if self._batch_tasks:
             await asyncio.wait(self._batch_tasks, timeout=max(0.0, deadline - time.monotonic()))
 
@@ -313,16 +340,21 @@ class DynamicBatcher:
             self._holds.release()
             self._holding = False
 
-    def _on_done(self, entry: _Entry, _future: object) -> None:
-        """A cancelled future (client gone) leaves the queue at once, so depth stays exact."""
-        if entry.future.cancelled():
-            try:
-                self._queue.remove(entry)
-            except ValueError:
-                return  # already taken into a batch; its result is simply discarded
-            if self._metrics:
-                self._metrics.items_dropped_disconnected.inc()
-            self._queue_changed()
+    def _on_done(self, request: _Request, future: asyncio.Future[list[Array]]) -> None:
+        """A request cancelled (client gone) or failed leaves the queue at once, so depth stays
+        exact; items already taken into a batch run, and their rows are discarded."""
+        if not future.cancelled() and future.exception() is None:
+            return  # answered: none of its items is queued
+        before = len(self._queue)
+        kept = [e for e in self._queue if e.request is not request]
+        dropped = before - len(kept)
+        if not dropped:
+            return
+        self._queue.clear()
+        self._queue.extend(kept)
+        if self._metrics and future.cancelled():
+            self._metrics.items_dropped_disconnected.inc(dropped)
+        self._queue_changed()
 
     async def _wait_for_items(self) -> bool:
         while not self._queue:
@@ -434,10 +466,10 @@ class DynamicBatcher:
         size = self._batch_size()
         while self._queue and len(batch) < size:
             entry = self._queue.popleft()
-            if entry.future.done():
+            if entry.request.future.done():
                 continue
             if timeout is not None and now - entry.enqueued > timeout:
-                entry.future.set_exception(
+                entry.request.fail(
                     QueueTimeoutError(
                         f"waited {now - entry.enqueued:.3f} s in the {self.name} queue, "
                         "longer than "
@@ -524,8 +556,7 @@ class DynamicBatcher:
                 m.items_failed.inc(len(batch))
             error = BatchFailedError(f"{self.name} inference failed for this batch: {exc}")
             for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(error)
+                entry.request.fail(error)
         else:
             finished = time.monotonic()
             if m:
@@ -535,8 +566,7 @@ class DynamicBatcher:
             for entry, output in zip(batch, outputs, strict=True):
                 if m:
                     m.item_latency.observe(finished - entry.enqueued)
-                if not entry.future.done():
-                    entry.future.set_result(output)
+                entry.request.answer(entry.index, output)
             if self.policy.wait_for_expected_s > 0:
                 self._answered.append(_Answered(finished, len(batch)))
         finally:

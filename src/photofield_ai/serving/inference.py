@@ -180,7 +180,7 @@ class InferenceServer:
             return
         try:
             rows = outputs.result()
-        except asyncio.CancelledError:  # CANCEL (gather's own cancellation is an exception)
+        except asyncio.CancelledError:  # CANCEL
             worker.out.write(ipc.result(request, ipc.CANCELLED))
             return
         except Exception as exc:
