@@ -92,12 +92,15 @@ async def image_embeddings(request: Request) -> Response:
     model.batcher.check_room(len(parts))  # refuse before decoding when overloaded
     alone = len(parts) == 1 and model.batcher.idle
     with model.batcher.preparing(len(parts)):
-        arrays = await asyncio.gather(
-            *(
-                _preprocess_part(request, model.encoder, i, part, alone)
-                for i, part in enumerate(parts)
+        if len(parts) == 1:  # Photofield's thumbnail: awaited here, no task and no gather
+            arrays = [await _preprocess_part(request, model.encoder, 0, parts[0], alone)]
+        else:
+            arrays = await asyncio.gather(
+                *(
+                    _preprocess_part(request, model.encoder, i, part, alone)
+                    for i, part in enumerate(parts)
+                )
             )
-        )
         work = model.batcher.submit_many(arrays)  # queued before the batcher stops waiting
     outputs = await unless_disconnected(request, work)
     images = [
