@@ -601,7 +601,29 @@ async def test_a_failed_request_takes_its_still_queued_items_out_of_the_queue() 
     assert model.batches == [[0.0], [1.0, -1.0], [5.0]], "items 3 and 4 never ran"
     assert sample(metrics, "photofield_ai_queue_depth") == 0
     dropped = "photofield_ai_items_dropped_total"
+    assert sample(metrics, dropped, reason="request_failed") == 2
     assert sample(metrics, dropped, reason="client_disconnected") == 0
+    await batcher.close(1)
+
+
+async def test_every_item_of_a_request_that_timed_out_counts_as_timed_out() -> None:
+    metrics = Metrics()
+    model = SlowModel(held=True)
+    batcher = make(model, metrics, queue_timeout_s=0.1)
+    first = asyncio.ensure_future(batcher.submit(item(1)))
+    await model.until_running()
+    late = asyncio.ensure_future(batcher.submit_many([item(2), item(3), item(4)]))
+    await wait_until_async(lambda: batcher.queue_depth == 3, "the request is queued")
+    await asyncio.sleep(0.15)  # longer than the queue timeout
+    model.release()
+    with pytest.raises(QueueTimeoutError):
+        await late
+    await first
+    assert model.batches == [[1.0]]
+    dropped = "photofield_ai_items_dropped_total"
+    assert sample(metrics, dropped, reason="queue_timeout") == 3
+    assert sample(metrics, dropped, reason="request_failed") == 0
+    assert batcher.queue_depth == 0
     await batcher.close(1)
 
 

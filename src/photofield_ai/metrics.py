@@ -43,6 +43,7 @@ class BatcherMetrics:
     batches_alone: Counter
     items_dropped_disconnected: Counter
     items_dropped_timeout: Counter
+    items_dropped_request_failed: Counter
     items_rejected: Counter
     batches_in_flight: Gauge
 
@@ -289,6 +290,7 @@ class Metrics:
             batches_alone=self.batches_alone.labels(model),
             items_dropped_disconnected=self.items_dropped.labels(model, "client_disconnected"),
             items_dropped_timeout=self.items_dropped.labels(model, "queue_timeout"),
+            items_dropped_request_failed=self.items_dropped.labels(model, "request_failed"),
             items_rejected=self.items_rejected.labels(model),
             batches_in_flight=self.batches_in_flight.labels(model),
         )

@@ -352,8 +352,11 @@ class DynamicBatcher:
             return
         self._queue.clear()
         self._queue.extend(kept)
-        if self._metrics and future.cancelled():
-            self._metrics.items_dropped_disconnected.inc(dropped)
+        if self._metrics:
+            if future.cancelled():
+                self._metrics.items_dropped_disconnected.inc(dropped)
+            else:
+                self._metrics.items_dropped_request_failed.inc(dropped)
         self._queue_changed()
 
     async def _wait_for_items(self) -> bool:
@@ -466,8 +469,10 @@ class DynamicBatcher:
         size = self._batch_size()
         while self._queue and len(batch) < size:
             entry = self._queue.popleft()
-            if entry.request.future.done():
-                continue
+            if entry.request.future.cancelled():
+                continue  # its client left; _on_done counts it
+            # Checked before "failed": the items of a request share their enqueue time, so
+            # when one times out its queued siblings do too, and each counts as timed out.
             if timeout is not None and now - entry.enqueued > timeout:
                 entry.request.fail(
                     QueueTimeoutError(
@@ -478,6 +483,10 @@ class DynamicBatcher:
                 )
                 if self._metrics:
                     self._metrics.items_dropped_timeout.inc()
+                continue
+            if entry.request.future.done():  # its request failed: it would run for nobody
+                if self._metrics:
+                    self._metrics.items_dropped_request_failed.inc()
                 continue
             batch.append(entry)
         self._queue_changed()
