@@ -20,8 +20,10 @@ from benchmarks.common import (
     thumbnails,
 )
 from benchmarks.counters import Activity, ServerCounters, measure, result_row
-from benchmarks.load import LoadResult, Workload, run_load, run_mixed
+from benchmarks.load import LoadResult, Workload, run_interleaved, run_load, run_mixed
 from photofield_ai.families import KINDS
+from photofield_ai.families.base import Array
+from photofield_ai.serving.loading import LoadedEmbeddingModel
 from photofield_ai.testing.generate import generate
 from tests.images import jpeg
 
@@ -140,12 +142,17 @@ BARE_LAYOUTS = {
 }
 
 
-def lone_request_latency(cfg: Config, dtype: str, rounds: int = 3) -> dict[str, LoneRequest]:
-    """One request at a time over HTTP vs one bare batch-1 session call, in alternating rounds
-    (measured minutes apart, this VM's drift alone would move the comparison by more than the
-    5 ms it is about), for a thumbnail and for a text. The bare call is timed in each thread
-    layout; the target is the best of them."""
-    seconds = 1.0 if cfg.quick else 1.5 if cfg.gpu else 3.0
+def lone_request_latency(
+    cfg: Config, dtype: str, seconds: float | None = None
+) -> dict[str, LoneRequest]:
+    """One request at a time over HTTP against one bare batch-1 session call in each thread
+    layout (the target is the best of them), for a thumbnail and for a text, paired request by
+    request: each HTTP request is followed by one call of every bare layout. Paired this finely,
+    drift hits both sides alike; measured in alternating blocks of 3 s the same comparison
+    moved by ±10 ms from run to run, more than the 5 ms it is about (BENCHMARKS.md, "Where a
+    lone request's round trip goes")."""
+    if seconds is None:
+        seconds = 4.0 if cfg.quick else 6.0 if cfg.gpu else 40.0
     paths = generate("vit-b-32", dtype, cfg.workdir / "models")
     server = start(cfg, dtype)
     results: dict[str, LoneRequest] = {}
@@ -159,29 +166,33 @@ def lone_request_latency(cfg: Config, dtype: str, rounds: int = 3) -> dict[str, 
             bare: dict[str, list[float]] = {name: [] for name in sessions}
             for session in sessions.values():
                 session.run(x)
-            http = LoadResult(1, 0.0)
             before = ServerCounters.read(server, kind)
-            for _ in range(rounds):
-                for name, session in sessions.items():
-                    stop_at = time.perf_counter() + seconds
-                    while (now := time.perf_counter()) < stop_at:
-                        session.run(x)
-                        bare[name].append(time.perf_counter() - now)
-                http.add_window(run_load(server.url, workload, 1, 0.5, seconds))
+            call_each = functools.partial(_call_each_layout, sessions, x, bare)
+            http = run_interleaved(server.url, workload, call_each, seconds)
             activity = ServerCounters.read(server, kind).since(before)
-            del sessions
+            del sessions, call_each
             results[kind] = LoneRequest(
                 kind, {n: float(np.percentile(v, 50)) for n, v in bare.items()}, http, activity
             )
             print(
                 f"lone {kind} request: bare batch-1 call p50 "
                 + ", ".join(f"{fmt_ms(v)} ms ({n})" for n, v in results[kind].bare_p50_s.items())
-                + f"; HTTP C=1 p50 {fmt_ms(http.percentile(50))} ms",
+                + f"; HTTP C=1 p50 {fmt_ms(http.percentile(50))} ms ({len(http.latencies)} "
+                "pairs)",
                 flush=True,
             )
     finally:
         server.stop()
     return results
+
+
+def _call_each_layout(
+    sessions: dict[str, LoadedEmbeddingModel], x: Array, times: dict[str, list[float]]
+) -> None:
+    for name, session in sessions.items():
+        started = time.perf_counter()
+        session.run(x)
+        times[name].append(time.perf_counter() - started)
 
 
 def text_under_load(

@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -178,6 +179,45 @@ async def _run_async(
             await connection.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return result
+
+
+def run_interleaved(
+    url: str, workload: Workload, between: Callable[[], None], seconds: float, warmup: int = 3
+) -> LoadResult:
+    """One request at a time, each followed by `between()` (bare session calls to compare
+    with), for `seconds`: a comparison paired request by request, which a shared machine's
+    drift — 10-20 % over minutes, more than a few-ms difference — hits on both sides alike.
+    The first `warmup` requests are not counted."""
+    return asyncio.run(_run_interleaved(url, workload, between, seconds, warmup))
+
+
+async def _run_interleaved(
+    url: str, workload: Workload, between: Callable[[], None], seconds: float, warmup: int
+) -> LoadResult:
+    parsed = urllib.parse.urlsplit(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    requests = encode_requests(f"{host}:{port}", workload)
+    connection = _Connection(host, port)
+    result = LoadResult(1, 0.0)
+    try:
+        for i in range(warmup):
+            await connection.request(requests[i % len(requests)])
+        started = time.perf_counter()
+        i = 0
+        while time.perf_counter() - started < seconds:
+            sent = time.perf_counter()
+            status = await connection.request(requests[i % len(requests)])
+            took = time.perf_counter() - sent
+            result.seconds += took
+            i += 1
+            if status == 200:
+                result.latencies.append(took)
+            else:
+                result.errors[status] = result.errors.get(status, 0) + 1
+            between()
+    finally:
+        await connection.close()
     return result
 
 

@@ -70,7 +70,7 @@ def summary(
         rows.append(
             [
                 f"{'256-px JPEG' if kind == 'visual' else 'one text'} p50 at C=1 vs the best "
-                "bare batch-1 call (alternating rounds)",
+                "bare batch-1 call (paired request by request)",
                 f"{fmt_ms(p50)} ms vs {fmt_ms(best)} ms ({(p50 - best) * 1000:+.1f} ms; "
                 f"bare calls: {layouts})",
                 "≤ call + 5 ms",

@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.ceiling import best_in_flight
 from benchmarks.counters import ServerCounters, histogram_mean, measure, scrape
-from benchmarks.load import Workload, encode_requests, run_load
+from benchmarks.load import Workload, encode_requests, run_interleaved, run_load
 from photofield_ai.clip.wire import decode_embedding
 from tests.conftest import ServerProcess
 from tests.images import jpeg
@@ -64,6 +64,28 @@ def test_load_generator_counts_successes_and_errors(server: ServerProcess) -> No
     result = run_load(server.url, bad, concurrency=2, warmup_s=0.0, measure_s=1.0)
     assert not result.latencies
     assert set(result.errors) == {422} and result.errors[422] > 2  # keep-alive survives a 422
+
+
+def test_interleaved_requests_alternate_with_the_calls_they_are_paired_with(
+    server: ServerProcess,
+) -> None:
+    """benchmarks.http_tables pairs each lone HTTP request with bare calls: the paired call
+    runs once after every request, and a refused request is an error, not a latency."""
+    events: list[str] = []
+
+    def between() -> None:
+        events.append("call")
+
+    good = Workload("image", payloads=(jpeg(256, 192, quality=85, seed=1),))
+    result = run_interleaved(server.url, good, between, seconds=1.0, warmup=2)
+    assert result.errors == {}
+    assert len(result.latencies) == events.count("call") >= 3
+    assert result.seconds == pytest.approx(sum(result.latencies))
+
+    bad = Workload("image", payloads=(b"not an image at all",))
+    events.clear()
+    result = run_interleaved(server.url, bad, between, seconds=0.5, warmup=0)
+    assert not result.latencies and result.errors[422] == len(events) >= 2
 
 
 def test_server_counters_follow_the_work(server: ServerProcess) -> None:
