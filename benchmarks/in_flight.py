@@ -1,14 +1,18 @@
 """The server at C thumbnail clients against the best the bare model does with C items in flight,
 in alternating rounds.
 
-    python -m benchmarks.in_flight [--concurrency 4] [--rounds 4] [--seconds 8] [--out FILE]
+    python -m benchmarks.in_flight [--concurrency 4] [--batches B,...] [--rounds 4]
+                                   [--seconds 8] [--out FILE]
 
 C closed-loop clients never give the model more than C items, so batches past C ÷ calls at once
 are out of their reach; the fair ceiling for C=4 is the best of the bare layouts that hold at
 most C items: one call of C on every core, or one single-threaded call of C ÷ cores per core
-(the server's busy layout). The full suite compares numbers measured up to half an hour apart on
-a VM whose speed drifts by more than the 5 % in question; here every HTTP window is followed by
-the bare windows at once, round after round.
+(the server's busy layout). With `--batches`, each listed batch size b gives both layouts that
+fit in C — one call of b on every core, one single-threaded call of b per core — so that past
+C=8 the comparison includes the batch sizes where the bare model peaks (section 1: 4-16 on this
+machine), not only the largest that fits. The full suite compares numbers measured up to half an
+hour apart on a VM whose speed drifts by more than the 5 % in question; here every HTTP window is
+followed by the bare windows at once, round after round.
 """
 
 from __future__ import annotations
@@ -35,11 +39,30 @@ from photofield_ai.runtime.cpus import usable_cpus
 from photofield_ai.testing.generate import generate
 
 
+def bare_layouts(c: int, cpus: int, batches: list[int] | None) -> list[tuple[str, int, int, int]]:
+    """(label, threads per call, calls at once, batch) of every compared layout: none holds
+    more than C items. Without `batches`: one call of C on every core and one single-threaded
+    call of C ÷ cores per core."""
+    layouts = []
+    for b in batches or [c]:
+        if b <= c:
+            layouts.append((f"1 call of {b}, default threads", 0, 1, b))
+    for b in batches or [c // cpus]:
+        if cpus > 1 and b >= 1 and b * cpus <= c:
+            layouts.append((f"{cpus} single-threaded calls of {b}", 1, cpus, b))
+    return layouts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--batches",
+        type=lambda v: [int(b) for b in v.split(",")],
+        help="bare batch sizes to compare with (default: the largest that fits C)",
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0, help="window per measurement")
     parser.add_argument("--out", type=Path, help="record in this BENCHMARKS.md")
@@ -47,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     c, cpus = args.concurrency, usable_cpus()
     cfg = Config(False, False, Path(".bench"), args.seconds, 1.0, 1)
     visual, _ = generate("vit-b-32", "float32", cfg.workdir / "models")
-    # (label, threads per call, calls at once, batch): every layout holding at most C items.
-    layouts = [(f"1 call of {c}, default threads", 0, 1, c)]
-    if cpus > 1 and c // cpus >= 1:
-        layouts.append((f"{cpus} single-threaded calls of {c // cpus}", 1, cpus, c // cpus))
+    layouts = bare_layouts(c, cpus, args.batches)
     sessions = {label: bare_model(visual, cfg.providers, "visual", t) for label, t, _, _ in layouts}
     server = start(cfg, "float32")
     http: list[float] = []
@@ -101,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"`{command_line('in_flight', argv)}` — generated ViT-B/32 float32, default settings; "
         f"each round: {args.seconds:.0f} s of {c} closed-loop clients over HTTP, then "
-        f"{args.seconds:.0f} s of each bare layout (items/s). The ratio is HTTP ÷ the better "
+        f"{args.seconds:.0f} s of each bare layout (items/s). The ratio is HTTP ÷ the best "
         "bare layout of the same round.",
         "",
         *table(
@@ -115,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         ),
     ]
-    publish(lines, args.out, "in-flight")
+    publish(lines, args.out, "in-flight" if c == 4 else f"in-flight-{c}")
     return 0
 
 
