@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks.ceiling import best_in_flight
 from benchmarks.counters import ServerCounters, histogram_mean, measure, scrape
+from benchmarks.in_flight import bare_layouts
 from benchmarks.load import Workload, encode_requests, run_interleaved, run_load
 from photofield_ai.clip.wire import decode_embedding
 from tests.conftest import ServerProcess
@@ -130,6 +131,26 @@ def test_the_in_flight_ceiling_counts_every_call_at_once() -> None:
     assert best_in_flight(sizes, rates, 1) == [(4, 14.0), (16, 17.0), (32, 17.0)]
     assert best_in_flight(sizes, rates, 2) == [(4, 12.0), (16, 17.0), (32, 17.0)]
     assert best_in_flight([64], [20.0], 2) == []
+
+
+def test_the_in_flight_benchmark_compares_only_layouts_that_fit_c() -> None:
+    """benchmarks.in_flight: no bare layout holds more than C items (calls × batch)."""
+    assert bare_layouts(4, 2, None) == [
+        ("1 call of 4, default threads", 0, 1, 4),
+        ("2 single-threaded calls of 2", 1, 2, 2),
+    ]
+    layouts = bare_layouts(32, 2, [4, 8, 16, 32])
+    assert all(calls * batch <= 32 for _, _, calls, batch in layouts)
+    assert [(calls, batch) for _, _, calls, batch in layouts] == [
+        (1, 4),
+        (1, 8),
+        (1, 16),
+        (1, 32),
+        (2, 4),
+        (2, 8),
+        (2, 16),
+    ]
+    assert bare_layouts(4, 1, None) == [("1 call of 4, default threads", 0, 1, 4)]
 
 
 def test_lone_stage_means_are_taken_between_two_scrapes(server: ServerProcess) -> None:
