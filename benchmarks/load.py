@@ -56,6 +56,13 @@ class LoadResult:
         for status, n in other.errors.items():
             self.errors[status] = self.errors.get(status, 0) + n
 
+    def record(self, status: int, latency: float) -> None:
+        """One answered request: a 200's latency, or a count of its status."""
+        if status == 200:
+            self.latencies.append(latency)
+        else:
+            self.errors[status] = self.errors.get(status, 0) + 1
+
     def add_window(self, other: LoadResult) -> None:
         """Add a result measured over a later window: requests and seconds add up."""
         self.merge(other)
@@ -105,6 +112,11 @@ def encode_requests(host: str, workload: Workload) -> list[bytes]:
     ]
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 80
+
+
 class _Connection:
     """One keep-alive connection; reconnects after the server closes it or on an error."""
 
@@ -152,8 +164,7 @@ async def _run_async(
     url: str, workload: Workload, concurrency: int, warmup_s: float, measure_s: float
 ) -> LoadResult:
     result = LoadResult(concurrency, measure_s)
-    parsed = urllib.parse.urlsplit(url)
-    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    host, port = _host_port(url)
     requests = encode_requests(f"{host}:{port}", workload)
     start = time.perf_counter()
     measure_from, stop_at = start + warmup_s, start + warmup_s + measure_s
@@ -169,10 +180,7 @@ async def _run_async(
                 # it was sent: dropping requests sent before the window would bias against the
                 # long latencies of a saturated server.
                 if measure_from <= done <= stop_at:
-                    if status == 200:
-                        result.latencies.append(done - now)
-                    else:
-                        result.errors[status] = result.errors.get(status, 0) + 1
+                    result.record(status, done - now)
                 if workload.think_s:
                     await asyncio.sleep(workload.think_s)
         finally:
@@ -195,8 +203,7 @@ def run_interleaved(
 async def _run_interleaved(
     url: str, workload: Workload, between: Callable[[], None], seconds: float, warmup: int
 ) -> LoadResult:
-    parsed = urllib.parse.urlsplit(url)
-    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    host, port = _host_port(url)
     requests = encode_requests(f"{host}:{port}", workload)
     connection = _Connection(host, port)
     result = LoadResult(1, 0.0)
@@ -211,10 +218,7 @@ async def _run_interleaved(
             took = time.perf_counter() - sent
             result.seconds += took
             i += 1
-            if status == 200:
-                result.latencies.append(took)
-            else:
-                result.errors[status] = result.errors.get(status, 0) + 1
+            result.record(status, took)
             between()
     finally:
         await connection.close()
