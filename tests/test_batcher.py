@@ -20,6 +20,7 @@ from photofield_ai.batcher import (
     QueueFullError,
     QueueTimeoutError,
 )
+from photofield_ai.batcher.batcher import LONE_CALLS_KEPT
 from photofield_ai.metrics import Metrics
 from tests.conftest import wait_until_async
 
@@ -639,4 +640,118 @@ async def test_one_request_spread_over_several_batches_gets_its_rows_in_order() 
     assert [float(r[0]) for r in rows] == [2.0 * v for v in range(7)]
     assert [len(b) for b in model.batches] == [1, 3, 3, 1]
     await blocker
+    await batcher.close(1)
+
+
+class ThreadRecordingModel(SlowModel):
+    """A SlowModel that also records which thread ran each batch."""
+
+    def __init__(self, delay: float = 0.0, fail_on: float | None = None) -> None:
+        super().__init__(delay, fail_on)
+        self.threads: list[int] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.threads.append(threading.get_ident())
+        return super().__call__(batch)
+
+
+def make_inline(
+    model: Callable[[np.ndarray], np.ndarray],
+    metrics: Metrics | None = None,
+    allowed: Callable[[], bool] = lambda: True,
+    **overrides: object,
+) -> DynamicBatcher:
+    """The accelerator layout's batcher: lone batches may be called on the event loop."""
+    batcher = DynamicBatcher(
+        "visual",
+        model,
+        policy(**{"inline_call_max_s": 0.2, **overrides}),
+        metrics.for_batcher("visual") if metrics else None,
+        inline_allowed=allowed,
+    )
+    batcher.start()
+    return batcher
+
+
+async def lone_calls(batcher: DynamicBatcher, values: range) -> None:
+    for value in values:
+        assert (await batcher.submit(item(value)))[0] == 2 * value
+
+
+async def test_a_lone_batch_runs_on_the_event_loop_once_the_recent_lone_calls_were_fast() -> None:
+    """Accelerator layout: after LONE_CALLS_KEPT lone calls within inline_call_max_s, the next
+    lone batch is called on the event loop itself (no hops); counted in /metrics."""
+    model, metrics = ThreadRecordingModel(delay=0.001), Metrics()
+    batcher = make_inline(model, metrics)
+    loop_thread = threading.get_ident()
+    await lone_calls(batcher, range(LONE_CALLS_KEPT + 3))
+    on_loop = [t == loop_thread for t in model.threads]
+    assert on_loop == [False] * LONE_CALLS_KEPT + [True] * 3
+    assert sample(metrics, "photofield_ai_batches_on_event_loop_total") == 3
+    assert sample(metrics, "photofield_ai_batches_processed_total") == LONE_CALLS_KEPT + 3
+    await batcher.close(1)
+
+
+async def test_one_slow_lone_call_sends_the_next_ones_back_to_the_thread() -> None:
+    model = ThreadRecordingModel(delay=0.001)
+    batcher = make_inline(model, inline_call_max_s=0.05)
+    loop_thread = threading.get_ident()
+    await lone_calls(batcher, range(LONE_CALLS_KEPT + 1))
+    assert model.threads[-1] == loop_thread
+    model.delay = 0.1  # longer than inline_call_max_s: this one still runs on the loop
+    await lone_calls(batcher, range(1))
+    model.delay = 0.001
+    await lone_calls(batcher, range(LONE_CALLS_KEPT + 1))
+    on_loop = [t == loop_thread for t in model.threads[LONE_CALLS_KEPT + 1 :]]
+    # The slow call, then LONE_CALLS_KEPT on the thread until it has aged out, then the loop.
+    assert on_loop == [True] + [False] * LONE_CALLS_KEPT + [True]
+    await batcher.close(1)
+
+
+async def test_no_call_on_the_event_loop_unless_enabled_allowed_and_lone() -> None:
+    loop_thread = threading.get_ident()
+    # Not enabled (the CPU layouts: inline_call_max_s 0): never, even when allowed.
+    model = ThreadRecordingModel(delay=0.001)
+    batcher = make_inline(model, inline_call_max_s=0.0)
+    await lone_calls(batcher, range(LONE_CALLS_KEPT + 2))
+    assert loop_thread not in model.threads
+    await batcher.close(1)
+    # No signal to ask (inline_allowed None): never.
+    model = ThreadRecordingModel(delay=0.001)
+    batcher = make(model, inline_call_max_s=0.2)
+    await lone_calls(batcher, range(LONE_CALLS_KEPT + 2))
+    assert loop_thread not in model.threads
+    await batcher.close(1)
+    # Not allowed (another request in the server, or a session unloaded when idle): not
+    # while it says so, and at once when it stops.
+    allowed = False
+    model = ThreadRecordingModel(delay=0.001)
+    batcher = make_inline(model, allowed=lambda: allowed)
+    await lone_calls(batcher, range(LONE_CALLS_KEPT + 2))
+    assert loop_thread not in model.threads
+    allowed = True
+    await lone_calls(batcher, range(1))
+    assert model.threads[-1] == loop_thread
+    await batcher.close(1)
+    # Not lone (another item waiting, or another batch in flight): on the threads.
+    model = ThreadRecordingModel(delay=0.001)
+    batcher = make_inline(model, max_batch_size=1, max_concurrent_batches=2)
+    await lone_calls(batcher, range(LONE_CALLS_KEPT))
+    model.threads.clear()
+    await asyncio.gather(*(batcher.submit(item(v)) for v in range(2)))
+    assert len(model.threads) == 2 and loop_thread not in model.threads
+    await lone_calls(batcher, range(1))
+    assert model.threads[-1] == loop_thread
+    await batcher.close(1)
+
+
+async def test_a_failing_call_on_the_event_loop_fails_its_batch_and_not_the_loop() -> None:
+    model = ThreadRecordingModel(delay=0.001, fail_on=-1.0)
+    batcher = make_inline(model)
+    await lone_calls(batcher, range(LONE_CALLS_KEPT))
+    with pytest.raises(BatchFailedError, match="injected failure"):
+        await batcher.submit(item(-1))
+    assert model.threads[-1] == threading.get_ident()
+    await lone_calls(batcher, range(2))
+    assert batcher.idle
     await batcher.close(1)

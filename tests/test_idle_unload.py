@@ -18,6 +18,7 @@ from photofield_ai.config import Settings
 from photofield_ai.memory import trim_malloc
 from photofield_ai.metrics import Metrics
 from photofield_ai.runtime.session import OnnxSession
+from photofield_ai.serving.engine import may_hold_loop
 from photofield_ai.serving.idle import IdleUnloader
 from photofield_ai.serving.loading import LoadedModels
 from photofield_ai.testing.server import serve_in_thread
@@ -49,6 +50,22 @@ def test_a_session_unloads_only_when_idle(tiny_float32: tuple[Path, Path]) -> No
     assert not session.unload_if_idle(0), "nothing left to unload"
     np.testing.assert_array_equal(model.run(tokens), before)  # loaded again, same answer
     assert session.loaded
+
+
+def test_an_unloaded_session_is_never_called_on_the_event_loop(
+    tiny_float32: tuple[Path, Path],
+) -> None:
+    """Opening a session again takes seconds, which its recent lone calls do not show: the
+    engine never lets such a call hold the event loop (batcher inline_call_max_s)."""
+    model = clip_model(tiny_float32[1], "textual")
+    session = model.session
+    assert isinstance(session, OnnxSession)
+    assert may_hold_loop(lambda: True, [session])
+    assert not may_hold_loop(lambda: False, [session]), "another request in the server"
+    assert session.unload_if_idle(0)
+    assert not may_hold_loop(lambda: True, [session])
+    model.run(model.encoder.example_input(1))
+    assert may_hold_loop(lambda: True, [session])
 
 
 def heavy_model(path: Path, mib: int = 96) -> Path:

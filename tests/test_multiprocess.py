@@ -19,6 +19,7 @@ from tests.conftest import ServerProcess, start_server, wait_until
 from tests.images import jpeg
 from tests.test_hardening import image_post_then_leave, parse_metric
 from tests.test_hardening import metric as hardening_metric
+from tests.test_simulated import FAST, assert_lone_calls_skip_the_thread_hops_only_when_alone
 
 # 40 ms per batch: requests arriving meanwhile wait and are batched together.
 SLOW = {
@@ -199,3 +200,14 @@ def test_sigterm_drains_every_worker_without_losing_a_request(tmp_path: Path) ->
     assert codes == [200] * 32
     assert srv.process.wait(60) == 0
     assert srv.workers() == {} and srv.inference_pid() is None
+
+
+def test_a_lone_request_alone_in_every_worker_skips_the_inference_threads(tmp_path: Path) -> None:
+    """W=2: the inference process calls a lone batch on its event loop only while no worker has
+    another request in flight (the workers' counts in shared memory)."""
+    srv = start_server(tmp_path, None, None, **{**SLOW, **FAST, "PHOTOFIELD_AI_WORKERS": "2"})
+    try:
+        wait_for_workers(srv, 2)
+        assert_lone_calls_skip_the_thread_hops_only_when_alone(srv)
+    finally:
+        assert srv.stop() == 0

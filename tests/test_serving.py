@@ -80,7 +80,17 @@ def test_batch_policy_defaults_and_overrides() -> None:
         queue_timeout_ms=250,
         max_concurrent_batches=4,
     )
-    assert batch_policy(explicit, "visual", True) == BatchPolicy(3, 0.0, 4, 7, 0.25)
+    assert batch_policy(explicit, "visual", True) == BatchPolicy(
+        3, 0.0, 4, 7, 0.25, inline_call_max_s=0.002
+    )
+
+
+def test_only_an_accelerator_calls_a_lone_batch_on_the_event_loop() -> None:
+    """A lone CPU call takes tens of ms on every core: never on the loop. An accelerator's
+    lone call may be (batcher, inline_call_max_s), whatever the N, T and K settings."""
+    for kind in ("visual", "textual", "faces"):
+        assert batch_policy(Settings(), kind, False).inline_call_max_s == 0
+        assert batch_policy(Settings(), kind, True).inline_call_max_s == 0.002
 
 
 def test_only_the_adaptive_visual_model_waits_for_the_items_it_expects() -> None:

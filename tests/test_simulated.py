@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,8 +21,15 @@ from photofield_ai.runtime.simulated import (
     parse,
 )
 from photofield_ai.serving.loading import load_embedding_model
-from tests.conftest import CPU, assert_one_line_error, run_cli, start_server
+from tests.conftest import CPU, ServerProcess, assert_one_line_error, run_cli, start_server
 from tests.images import jpeg
+from tests.test_hardening import metric
+
+# A GPU-like batch-1 call (~1 ms): short enough for a lone call on the event loop.
+FAST = {
+    "PHOTOFIELD_AI_VISUAL_MODEL": "simulated://visual?alpha_ms=1&beta_ms=0.03",
+    "PHOTOFIELD_AI_TEXTUAL_MODEL": "simulated://textual?alpha_ms=1&beta_ms=0.01",
+}
 
 
 def test_locations_parse_with_defaults_and_reject_mistakes() -> None:
@@ -90,3 +100,53 @@ def test_a_bad_simulated_location_is_a_one_line_start_up_error() -> None:
         }
     )
     assert_one_line_error(result, "invalid simulated model")
+
+
+@contextlib.contextmanager
+def request_in_flight(url: str) -> Iterator[None]:
+    """A request the server is serving until the block ends: its headers and half its body
+    sent, the rest never (the connection closes at the end)."""
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(
+            b"POST /text-embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 40\r\n\r\n{"texts": ['
+        )
+        time.sleep(0.3)  # parsed, and the app called
+        yield
+
+
+def lone_thumbnails_on_the_loop(srv: ServerProcess, count: int) -> float:
+    """Send `count` thumbnails one at a time; how many of their calls ran on an event loop."""
+    name = "photofield_ai_batches_on_event_loop_total"
+    before = metric(srv.url, name, model="visual")
+    with httpx.Client(timeout=10) as client:
+        for _ in range(count):
+            r = client.post(srv.url + "/image-embeddings", files={"image": ("a.jpg", THUMB)})
+            assert r.status_code == 200
+    return metric(srv.url, name, model="visual") - before
+
+
+THUMB = jpeg(256, 192)
+
+
+def assert_lone_calls_skip_the_thread_hops_only_when_alone(srv: ServerProcess) -> None:
+    # After LONE_CALLS_KEPT fast lone calls (on the thread), the lone ones run on the loop.
+    assert lone_thumbnails_on_the_loop(srv, 20) >= 5
+    # Another request in the server (here one still sending its body): every call goes to its
+    # thread, so the loop that request needs is never held.
+    with request_in_flight(srv.url):
+        assert lone_thumbnails_on_the_loop(srv, 12) == 0
+    time.sleep(0.3)  # the server sees the connection close and ends that request
+    assert lone_thumbnails_on_the_loop(srv, 12) >= 10
+
+
+def test_a_lone_request_alone_in_the_server_calls_the_model_on_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """W=1 on an accelerator-like model: no thread hops for a request alone in the server
+    (batcher inline_call_max_s, serving.activity); never while another request is in flight."""
+    srv = start_server(tmp_path, None, None, **FAST)
+    try:
+        assert_lone_calls_skip_the_thread_hops_only_when_alone(srv)
+    finally:
+        assert srv.stop() == 0

@@ -74,6 +74,7 @@ def create_app(
                 RecordHttpMetrics,
                 metrics=engine.metrics,
                 endpoints=frozenset(r.path for r in ROUTES),
+                in_flight=engine.requests,
             ),
             *access,  # before anything reads the body
             Middleware(

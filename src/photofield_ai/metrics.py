@@ -41,6 +41,7 @@ class BatcherMetrics:
     batches: Counter
     batches_failed: Counter
     batches_alone: Counter
+    batches_on_event_loop: Counter
     items_dropped_disconnected: Counter
     items_dropped_timeout: Counter
     items_dropped_request_failed: Counter
@@ -115,6 +116,14 @@ class Metrics:
         self.batches_alone = Counter(
             "batches_alone",
             "Session calls made with the model's every-core layout (nothing else running)",
+            ["model"],
+            namespace=ns,
+            registry=r,
+        )
+        self.batches_on_event_loop = Counter(
+            "batches_on_event_loop",
+            "Session calls made on the event loop itself: a lone request, alone in the server, "
+            "to a model whose lone calls take at most a few ms (no thread hops)",
             ["model"],
             namespace=ns,
             registry=r,
@@ -288,6 +297,7 @@ class Metrics:
             batches=self.batches.labels(model),
             batches_failed=self.batches_failed.labels(model),
             batches_alone=self.batches_alone.labels(model),
+            batches_on_event_loop=self.batches_on_event_loop.labels(model),
             items_dropped_disconnected=self.items_dropped.labels(model, "client_disconnected"),
             items_dropped_timeout=self.items_dropped.labels(model, "queue_timeout"),
             items_dropped_request_failed=self.items_dropped.labels(model, "request_failed"),

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from photofield_ai.api.errors import BodyTooLargeError, error_payload
 from photofield_ai.metrics import Metrics
+from photofield_ai.serving.activity import RequestsInFlight
 
 _SLASHES = re.compile(r"/{2,}")
 
@@ -139,10 +140,18 @@ class RecordHttpMetrics:
     """Requests by endpoint, method and status, their latency, and those in flight. Unknown paths
     share one label so that scanners cannot blow up the metric's cardinality."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        endpoints: frozenset[str],
+        in_flight: RequestsInFlight | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.endpoints = endpoints
+        # The count the engine asks before it holds the event loop for a lone call.
+        self.in_flight = in_flight or RequestsInFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -160,9 +169,11 @@ class RecordHttpMetrics:
             await send(msg)
 
         self.metrics.http_in_flight.inc()
+        self.in_flight.started()
         try:
             await self.app(scope, receive, recording_send)
         finally:
+            self.in_flight.finished()
             self.metrics.http_in_flight.dec()
             self.metrics.http_requests.labels(endpoint, method, str(status)).inc()
             self.metrics.http_latency.labels(endpoint, method).observe(

@@ -35,6 +35,8 @@ RunBatch = Callable[[Array], Array]
 # The most a thread's reused input batch may hold (BatchBuffers): 64 thumbnails as uint8
 # pixels take 9.6 MB, 8 float32 CLIP inputs 4.8 MB.
 BATCH_BUFFER_MAX_BYTES = 16 * 1024 * 1024
+# Lone calls whose durations decide whether the next one may run on the event loop.
+LONE_CALLS_KEPT = 8
 
 
 class QueueFullError(Exception):
@@ -87,6 +89,11 @@ class BatchPolicy:
     # How long a batch waits for items known to be on their way (requests being decoded, the
     # clients of the batch just answered; see DynamicBatcher._expected); 0: never.
     wait_for_expected_s: float = 0.0
+    # A lone batch (nothing else queued, running or on its way, and no other request in the
+    # server: DynamicBatcher's `inline_allowed`) makes its session call on the event loop
+    # itself, without the hops to an inference thread and back, while the model's recent lone
+    # calls all took at most this long (see DynamicBatcher._may_call_inline); 0: never.
+    inline_call_max_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_concurrent_batches < 1 or self.max_queue < 1:
@@ -199,6 +206,7 @@ class DynamicBatcher:
         yields_to: PriorityGate | None = None,
         executor: Executor | None = None,
         run_alone: RunBatch | None = None,
+        inline_allowed: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -207,6 +215,12 @@ class DynamicBatcher:
         # when a batch starts with nothing else running or waiting, so a lone request is as
         # fast as the best single call while a busy queue gets the throughput layout.
         self._run_alone = run_alone
+        # Asked before a call on the event loop (with inline_call_max_s): True only while no
+        # other request is in the server and a call now costs what the recent ones did (no
+        # session to open again after an idle unload). None: never on the loop.
+        self._inline_allowed = inline_allowed
+        # How long the latest lone calls took, measured around the call itself (no hops).
+        self._lone_calls: collections.deque[float] = collections.deque(maxlen=LONE_CALLS_KEPT)
         self._metrics = metrics
         self._holds = holds  # gate this batcher holds while it has work (text)
         self._yields_to = yields_to  # gate this batcher waits on before a batch (images)
@@ -509,12 +523,8 @@ class DynamicBatcher:
             if not batch:
                 self._slots.release()
                 continue
-            alone = (
-                self._run_alone is not None
-                and self._in_flight == 0
-                and not self._queue
-                and self._expected() == 0
-            )
+            lone = self._in_flight == 0 and not self._queue and self._expected() == 0
+            alone = lone and self._run_alone is not None
             self._in_flight += 1
             self._running_items += len(batch)
             self._update_hold()
@@ -524,25 +534,62 @@ class DynamicBatcher:
             # The session call is handed to its thread here, before anything else: the
             # bookkeeping in _run (metrics) overlaps the call instead of delaying it by a turn
             # of the event loop.
-            outputs = self._start_call(batch, alone)
+            if lone and self._may_call_inline():
+                outputs = self._call_inline(batch, alone)
+            else:
+                outputs = self._start_call(batch, alone, lone)
             task = asyncio.get_running_loop().create_task(self._run(batch, outputs, started, alone))
             self._batch_tasks.add(task)
             task.add_done_callback(self._batch_tasks.discard)
 
-    def _start_call(self, batch: list[_Entry], alone: bool) -> asyncio.Future[Array]:
+    def _start_call(self, batch: list[_Entry], alone: bool, lone: bool) -> asyncio.Future[Array]:
         loop = asyncio.get_running_loop()
         items = [e.item for e in batch]
         try:
-            return loop.run_in_executor(self._executor, self._stack_and_run, items, alone)
+            return loop.run_in_executor(self._executor, self._stack_and_run, items, alone, lone)
         except Exception as exc:  # an executor already shut down: this batch fails, not the loop
             failed: asyncio.Future[Array] = loop.create_future()
             failed.set_exception(exc)
             return failed
 
-    def _stack_and_run(self, items: list[Array], alone: bool) -> Array:
+    def _may_call_inline(self) -> bool:
+        """Call a lone batch on the event loop? Only while the last LONE_CALLS_KEPT lone calls
+        all took at most `inline_call_max_s` (an accelerator's batch-1 call: ~1 ms, where the
+        hops to a thread and back cost ~0.3 ms of a lone request's round trip on this VM), so
+        the loop is never held longer than the model has lately taken: one slow call sends the
+        next ones back to the thread until it has aged out. And only while no other request is
+        in the server (`inline_allowed`): at 4 clients a batch is "lone" to this batcher
+        whenever the others are still being parsed or decoded, and they need the loop."""
+        limit = self.policy.inline_call_max_s
+        calls = self._lone_calls
+        return (
+            limit > 0
+            and self._inline_allowed is not None
+            and len(calls) == calls.maxlen
+            and max(calls) <= limit
+            and self._inline_allowed()
+        )
+
+    def _call_inline(self, batch: list[_Entry], alone: bool) -> asyncio.Future[Array]:
+        call: asyncio.Future[Array] = asyncio.get_running_loop().create_future()
+        try:
+            call.set_result(self._stack_and_run([e.item for e in batch], alone, True))
+        except Exception as exc:  # the batch fails (in _run), not the batch loop
+            call.set_exception(exc)
+        if self._metrics:
+            self._metrics.batches_on_event_loop.inc()
+        return call
+
+    def _stack_and_run(self, items: list[Array], alone: bool, lone: bool) -> Array:
         run = self._run_alone if alone and self._run_alone is not None else self._run_batch
         batch = self._buffers.stack(items)
-        return detached(run(batch), batch)
+        if not lone:
+            return detached(run(batch), batch)
+        started = time.perf_counter()
+        try:
+            return detached(run(batch), batch)
+        finally:
+            self._lone_calls.append(time.perf_counter() - started)
 
     async def _run(
         self, batch: list[_Entry], call: asyncio.Future[Array], started: float, alone: bool

@@ -104,6 +104,11 @@ class Session(Protocol):
     @property
     def dynamic_batch(self) -> bool: ...
 
+    @property
+    def loaded(self) -> bool:
+        """False after an idle unload: the next call opens the session again first."""
+        ...
+
     def run(
         self, batch: Array, output_names: list[str] | None = None
     ) -> list[npt.NDArray[np.floating]]: ...

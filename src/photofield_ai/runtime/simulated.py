@@ -127,6 +127,10 @@ class SimulatedSession:
     def dynamic_batch(self) -> bool:
         return True
 
+    @property
+    def loaded(self) -> bool:
+        return True  # no weights to unload
+
     def run(
         self, batch: npt.NDArray[np.generic], output_names: list[str] | None = None
     ) -> list[npt.NDArray[np.floating]]:

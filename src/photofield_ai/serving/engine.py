@@ -35,6 +35,7 @@ from photofield_ai.metrics import Metrics
 from photofield_ai.runtime.session import Session
 from photofield_ai.runtime.threads import lowered_executor
 from photofield_ai.serving import layout
+from photofield_ai.serving.activity import RequestsInFlight
 from photofield_ai.serving.faces import FacePipeline, detector_runner, recognizer_runner
 from photofield_ai.serving.idle import IdleUnloader
 from photofield_ai.serving.loading import LoadedModels
@@ -149,11 +150,29 @@ def plan_models(settings: Settings, models: LoadedModels) -> list[ModelPlan]:
     return plans
 
 
+def may_hold_loop(alone_in_server: Callable[[], bool], sessions: Sequence[Session]) -> bool:
+    """May a lone batch make its call on the event loop now? Only with no other request in the
+    server, and with every session loaded: a call that would open a session again after an idle
+    unload takes seconds, which its recent calls do not show."""
+    return alone_in_server() and all(s.loaded for s in sessions)
+
+
 class Engine:
-    def __init__(self, settings: Settings, models: LoadedModels | None, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        models: LoadedModels | None,
+        metrics: Metrics,
+        alone_in_server: Callable[[], bool] | None = None,
+    ) -> None:
         self.settings = settings
         self.models = models
         self.metrics = metrics
+        # This process's HTTP requests (the middleware counts them), and whether the request
+        # asking is the only one in the server: by default this count; the inference process
+        # of a multi-process server passes the workers' counts instead (serving.activity).
+        self.requests = RequestsInFlight()
+        self.alone_in_server = alone_in_server or self.requests.alone
         self.visual: ServedEmbeddingModel[ImageEncoder] | None = None
         self.textual: ServedEmbeddingModel[TextEncoder] | None = None
         self.faces: FacePipeline | None = None
@@ -239,6 +258,7 @@ class Engine:
             yields_to=gate if plan.search_first == "yields" else None,
             executor=executor,
             run_alone=plan.run_alone,
+            inline_allowed=functools.partial(may_hold_loop, self.alone_in_server, plan.sessions),
         )
         batcher.start()
         return batcher

@@ -91,8 +91,9 @@ class _Worker:
 
 
 class InferenceServer:
-    def __init__(self, engine: Engine, socket_path: Path, stats_name: str) -> None:
+    def __init__(self, engine: Engine, socket_path: Path, stats_name: str, workers: int) -> None:
         self.engine = engine
+        self.workers = workers  # slots for the workers' request counts in the shared stats
         self.socket_path = socket_path
         self.stats_name = stats_name
         self.models: list[ipc.RemoteModel] = []
@@ -103,12 +104,17 @@ class InferenceServer:
     async def start(self) -> None:
         self.models = [remote_model(plan) for plan in self.engine.plans]
         self.batchers = [self.engine.batchers[m.name] for m in self.models]
-        self._stats = stats = ipc.QueueStats.create(self.stats_name, len(self.models))
+        self._stats = stats = ipc.QueueStats.create(self.stats_name, len(self.models), self.workers)
         for i, batcher in enumerate(self.batchers):
             batcher.add_depth_listener(functools.partial(_publish, stats, i))
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._server = await asyncio.start_unix_server(self._serve_worker, str(self.socket_path))
+
+    def alone_in_server(self) -> bool:
+        """No HTTP request in flight in any worker but the one asking (the engine's
+        `alone_in_server`); False before the stats exist."""
+        return self._stats is not None and self._stats.alone_in_server()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -121,7 +127,7 @@ class InferenceServer:
     async def _serve_worker(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        writer.write(ipc.welcome(self.models, self.stats_name))
+        writer.write(ipc.welcome(self.models, self.stats_name, self.workers))
         frames = ipc.FrameReader(reader)
         try:
             kind, body = await frames.next()
@@ -152,6 +158,9 @@ class InferenceServer:
                 await asyncio.wait(worker.requests.values(), timeout=5)
             writer.close()
             worker.shm.close()
+            if self._stats is not None and str(hello["worker"]).isdigit():
+                # A killed worker's count would stay until its replacement's first request.
+                self._stats.publish_requests(int(hello["worker"]), 0)
             log.info("Worker %s disconnected", hello["worker"])
 
     def _submit(self, worker: _Worker, request: int, index: int, offsets: list[int]) -> None:
@@ -207,9 +216,14 @@ def main(settings: Settings, socket_path: str, stats_name: str, ready: Connectio
         raise SystemExit(1) from None
 
     async def run() -> None:
-        engine = Engine(settings, models, Metrics())
+        server: InferenceServer | None = None
+
+        def alone_in_server() -> bool:
+            return server is not None and server.alone_in_server()
+
+        engine = Engine(settings, models, Metrics(), alone_in_server)
         await engine.start()
-        server = InferenceServer(engine, Path(socket_path), stats_name)
+        server = InferenceServer(engine, Path(socket_path), stats_name, settings.workers or 1)
         await server.start()
         stop = asyncio.Event()
         # Stopped by the supervisor (SIGTERM) once the workers have drained; Ctrl-C at a

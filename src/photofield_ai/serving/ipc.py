@@ -127,12 +127,13 @@ def hello(worker: str, shm_name: str) -> bytes:
     return pack(HELLO, json.dumps({"worker": worker, "shm": shm_name}).encode())
 
 
-def welcome(models: list[RemoteModel], stats_name: str) -> bytes:
-    payload = {"models": [asdict(m) for m in models], "stats": stats_name}
+def welcome(models: list[RemoteModel], stats_name: str, workers: int) -> bytes:
+    payload = {"models": [asdict(m) for m in models], "stats": stats_name, "workers": workers}
     return pack(WELCOME, json.dumps(payload).encode())
 
 
-def read_welcome(body: bytes) -> tuple[list[RemoteModel], str]:
+def read_welcome(body: bytes) -> tuple[list[RemoteModel], str, int]:
+    """The models, the name of the shared QueueStats and how many worker slots they hold."""
     payload = json.loads(body)
     models = [
         RemoteModel(
@@ -146,7 +147,7 @@ def read_welcome(body: bytes) -> tuple[list[RemoteModel], str]:
         )
         for m in payload["models"]
     ]
-    return models, payload["stats"]
+    return models, payload["stats"], int(payload["workers"])
 
 
 def submit(request: int, model: int, offsets: list[int]) -> bytes:
@@ -229,23 +230,39 @@ class SlotPool:
 
 
 class QueueStats:
-    """Per model: queue depth, written by the inference process, read by workers."""
+    """Per model: queue depth, written by the inference process, read by workers. Per worker:
+    its HTTP requests in flight, written by that worker (one writer per slot, so no lock),
+    read by the inference process (serving.activity)."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, models: int) -> None:
+    def __init__(self, shm: shared_memory.SharedMemory, models: int, workers: int) -> None:
         self.shm = shm
         self.depth: npt.NDArray[np.int64] = np.ndarray((models,), np.int64, buffer=shm.buf)
+        self.requests: npt.NDArray[np.int64] = np.ndarray(
+            (workers,), np.int64, buffer=shm.buf, offset=8 * models
+        )
 
     @classmethod
-    def create(cls, name: str, models: int) -> QueueStats:
-        shm = shared_memory.SharedMemory(name=name, create=True, size=max(8, 8 * models))
-        stats = cls(shm, models)
+    def create(cls, name: str, models: int, workers: int) -> QueueStats:
+        size = max(8, 8 * (models + workers))
+        shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        stats = cls(shm, models, workers)
         stats.depth[:] = 0
+        stats.requests[:] = 0
         return stats
 
     @classmethod
-    def open(cls, name: str, models: int) -> QueueStats:
-        return cls(attach(name), models)
+    def open(cls, name: str, models: int, workers: int) -> QueueStats:
+        return cls(attach(name), models, workers)
+
+    def publish_requests(self, worker: int, count: int) -> None:
+        if 0 <= worker < len(self.requests):
+            self.requests[worker] = count
+
+    def alone_in_server(self) -> bool:
+        """At most one HTTP request in flight over every worker."""
+        return int(self.requests.sum()) <= 1
 
     def close(self) -> None:
         del self.depth
+        del self.requests
         self.shm.close()

@@ -70,9 +70,18 @@ class InferenceClient:
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._requests = 0  # this worker's HTTP requests in flight, last published
+        self._slot = int(worker) if worker.isdigit() else -1
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="inference-client")
+
+    def publish_requests(self, count: int) -> None:
+        """This worker's HTTP requests in flight, for the inference process to see whether a
+        lone request is alone in the whole server (serving.activity)."""
+        self._requests = count
+        if self.stats is not None:
+            self.stats.publish_requests(self._slot, count)
 
     async def close(self) -> None:
         self._closing = True
@@ -112,12 +121,13 @@ class InferenceClient:
         kind, body = await frames.next()
         if kind != ipc.WELCOME:
             raise ConnectionError("unexpected first frame")
-        models, stats_name = ipc.read_welcome(body)
+        models, stats_name, workers = ipc.read_welcome(body)
         if self.slab is None:
             self._make_slab(models)
         if self.stats is not None:
             self.stats.close()
-        self.stats = ipc.QueueStats.open(stats_name, len(models))
+        self.stats = ipc.QueueStats.open(stats_name, len(models), workers)
+        self.publish_requests(self._requests)  # a restarted inference process starts at 0
         self.models = models
         assert self.slab is not None
         writer.write(ipc.hello(self.worker, self.slab.name))
@@ -265,6 +275,7 @@ class RemoteEngine(Engine):
     ) -> None:
         super().__init__(settings, None, metrics)
         self.client = InferenceClient(socket_path, worker, slab)
+        self.requests.on_change = self.client.publish_requests
 
     @property
     def ready(self) -> bool:
