@@ -1,14 +1,24 @@
 """The multi-process server's frames on a real Unix socket pair: many frames in one read, one
-frame split over many reads, and a turn's frames leaving in one write."""
+frame split over many reads, and a turn's frames leaving in one write; the workers' request
+counts as the inference process sees them."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
+from pathlib import Path
 
 import pytest
 
+from photofield_ai.config import Settings
+from photofield_ai.metrics import Metrics
 from photofield_ai.serving import ipc
+from photofield_ai.serving.engine import Engine
+from photofield_ai.serving.inference import InferenceServer
+from photofield_ai.serving.loading import load_models
+from photofield_ai.serving.remote import InferenceClient
+from tests.conftest import wait_until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -89,3 +99,53 @@ async def test_the_frames_of_one_turn_leave_in_one_write() -> None:
     assert [ipc.read_result(body)[0] for _, body in received] == list(range(11))
     writer.close()
     other.close()
+
+
+async def test_the_inference_process_sees_every_workers_requests_in_flight(
+    tmp_path: Path,
+) -> None:
+    """A lone call may hold the inference process's loop only while the workers' counts in
+    shared memory sum to at most one; a worker without a slot counts as busy while connected,
+    and a worker that leaves takes its count with it."""
+    settings = Settings(
+        visual_model="simulated://visual",
+        textual_model="simulated://textual",
+        faces_enabled=False,
+        workers=2,
+    )
+    server = InferenceServer(
+        Engine(settings, load_models(settings), Metrics()),
+        tmp_path / "inference.sock",
+        f"pfai-test-{uuid.uuid4().hex[:8]}-stats",
+        workers=2,
+    )
+    await server.engine.start()
+    await server.start()
+
+    async def connect(name: str) -> InferenceClient:
+        client = InferenceClient(server.socket_path, name, f"pfai-test-{uuid.uuid4().hex[:8]}")
+        client.start()
+        await asyncio.wait_for(client.connected.wait(), 10)
+        return client
+
+    try:
+        first, second = await connect("0"), await connect("1")
+        await wait_until_async(server.alone_in_server, "no requests yet")
+        first.publish_requests(1)
+        assert server.alone_in_server(), "the one request asking"
+        second.publish_requests(1)
+        assert not server.alone_in_server(), "one request in each worker"
+        second.publish_requests(0)
+        assert server.alone_in_server()
+        stranger = await connect("7")  # no slot among 2 workers: its requests are not seen
+        await wait_until_async(lambda: not server.alone_in_server(), "an unslotted worker")
+        await stranger.close()
+        await wait_until_async(server.alone_in_server, "the unslotted worker gone")
+        second.publish_requests(3)
+        assert not server.alone_in_server()
+        await second.close()  # killed with 3 requests in flight: they are gone with it
+        await wait_until_async(server.alone_in_server, "the worker's count cleared")
+        await first.close()
+    finally:
+        await server.engine.close()
+        await server.close()

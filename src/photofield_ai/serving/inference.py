@@ -11,6 +11,7 @@ shared memory and refuse early, as the in-process server does.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -100,6 +101,10 @@ class InferenceServer:
         self.batchers: list[DynamicBatcher] = []
         self._server: asyncio.AbstractServer | None = None
         self._stats: ipc.QueueStats | None = None
+        # Workers connected whose name is no slot of the stats: their requests are not
+        # counted, so nothing is ever "alone in the server" while one is connected.
+        self._unslotted = 0
+        self._slot_users: collections.Counter[int] = collections.Counter()
 
     async def start(self) -> None:
         self.models = [remote_model(plan) for plan in self.engine.plans]
@@ -114,7 +119,11 @@ class InferenceServer:
     def alone_in_server(self) -> bool:
         """No HTTP request in flight in any worker but the one asking (the engine's
         `alone_in_server`); False before the stats exist."""
-        return self._stats is not None and self._stats.alone_in_server()
+        return self._unslotted == 0 and self._stats is not None and self._stats.alone_in_server()
+
+    def _slot(self, worker: object) -> int | None:
+        name = str(worker)
+        return int(name) if name.isdigit() and int(name) < self.workers else None
 
     async def close(self) -> None:
         if self._server is not None:
@@ -139,6 +148,11 @@ class InferenceServer:
             writer.close()
             return
         log.info("Worker %s connected", hello["worker"])
+        slot = self._slot(hello["worker"])
+        if slot is None:
+            self._unslotted += 1
+        else:
+            self._slot_users[slot] += 1
         try:
             while True:
                 for kind, body in await frames.available():
@@ -158,9 +172,14 @@ class InferenceServer:
                 await asyncio.wait(worker.requests.values(), timeout=5)
             writer.close()
             worker.shm.close()
-            if self._stats is not None and str(hello["worker"]).isdigit():
-                # A killed worker's count would stay until its replacement's first request.
-                self._stats.publish_requests(int(hello["worker"]), 0)
+            if slot is None:
+                self._unslotted -= 1
+            else:
+                self._slot_users[slot] -= 1
+                if self._slot_users[slot] == 0 and self._stats is not None:
+                    # A killed worker's count would stay until its replacement's first request
+                    # (unless that replacement is already connected and writing it).
+                    self._stats.publish_requests(slot, 0)
             log.info("Worker %s disconnected", hello["worker"])
 
     def _submit(self, worker: _Worker, request: int, index: int, offsets: list[int]) -> None:

@@ -179,13 +179,26 @@ def read_cancel(body: bytes) -> int:
 
 
 # -- shared memory ---------------------------------------------------------------------------
+# Segments this process created (and owns: the resource tracker unlinks them if it dies).
+_CREATED: set[str] = set()
+
+
+def create(name: str, size: int) -> shared_memory.SharedMemory:
+    """A new segment owned by this process."""
+    shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+    _CREATED.add(name)
+    return shm
+
+
 def attach(name: str) -> shared_memory.SharedMemory:
     """Attach to another process's segment without making this process its owner (Python's
-    resource tracker would otherwise unlink it when this process exits)."""
+    resource tracker would otherwise unlink it when this process exits). A segment this
+    process created itself stays its own (both ends in one process: tests)."""
     shm = shared_memory.SharedMemory(name=name)
-    # Best effort: the tracker is an implementation detail of multiprocessing.
-    with contextlib.suppress(Exception):
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    if name not in _CREATED:
+        # Best effort: the tracker is an implementation detail of multiprocessing.
+        with contextlib.suppress(Exception):
+            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
     return shm
 
 
@@ -244,7 +257,7 @@ class QueueStats:
     @classmethod
     def create(cls, name: str, models: int, workers: int) -> QueueStats:
         size = max(8, 8 * (models + workers))
-        shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        shm = create(name, size)
         stats = cls(shm, models, workers)
         stats.depth[:] = 0
         stats.requests[:] = 0

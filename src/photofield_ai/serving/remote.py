@@ -148,7 +148,7 @@ class InferenceClient:
             for m in models
         ]
         size = sum(c * m.slot_bytes for c, m in zip(counts, models, strict=True))
-        self.slab = SharedMemory(name=self.slab_name, create=True, size=max(size, 1))
+        self.slab = ipc.create(self.slab_name, max(size, 1))
         base = 0
         for count, model in zip(counts, models, strict=True):
             pool = ipc.SlotPool(base, model.slot_bytes, count)
