@@ -583,13 +583,12 @@ class DynamicBatcher:
     def _stack_and_run(self, items: list[Array], alone: bool, lone: bool) -> Array:
         run = self._run_alone if alone and self._run_alone is not None else self._run_batch
         batch = self._buffers.stack(items)
-        if not lone:
-            return detached(run(batch), batch)
         started = time.perf_counter()
         try:
             return detached(run(batch), batch)
         finally:
-            self._lone_calls.append(time.perf_counter() - started)
+            if lone:
+                self._lone_calls.append(time.perf_counter() - started)
 
     async def _run(
         self, batch: list[_Entry], call: asyncio.Future[Array], started: float, alone: bool

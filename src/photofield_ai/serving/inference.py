@@ -121,10 +121,6 @@ class InferenceServer:
         `alone_in_server`); False before the stats exist."""
         return self._unslotted == 0 and self._stats is not None and self._stats.alone_in_server()
 
-    def _slot(self, worker: object) -> int | None:
-        name = str(worker)
-        return int(name) if name.isdigit() and int(name) < self.workers else None
-
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -148,7 +144,7 @@ class InferenceServer:
             writer.close()
             return
         log.info("Worker %s connected", hello["worker"])
-        slot = self._slot(hello["worker"])
+        slot = ipc.worker_slot(str(hello["worker"]), self.workers)
         if slot is None:
             self._unslotted += 1
         else:

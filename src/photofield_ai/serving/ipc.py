@@ -242,6 +242,12 @@ class SlotPool:
         self._freed.set()
 
 
+def worker_slot(worker: str, workers: int) -> int | None:
+    """The QueueStats slot of a worker named `worker` (the supervisor names them 0..W-1);
+    None for any other name: its requests cannot be counted."""
+    return int(worker) if worker.isdigit() and int(worker) < workers else None
+
+
 class QueueStats:
     """Per model: queue depth, written by the inference process, read by workers. Per worker:
     its HTTP requests in flight, written by that worker (one writer per slot, so no lock),
@@ -267,9 +273,8 @@ class QueueStats:
     def open(cls, name: str, models: int, workers: int) -> QueueStats:
         return cls(attach(name), models, workers)
 
-    def publish_requests(self, worker: int, count: int) -> None:
-        if 0 <= worker < len(self.requests):
-            self.requests[worker] = count
+    def publish_requests(self, slot: int, count: int) -> None:
+        self.requests[slot] = count
 
     def alone_in_server(self) -> bool:
         """At most one HTTP request in flight over every worker."""

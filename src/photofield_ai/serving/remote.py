@@ -71,7 +71,7 @@ class InferenceClient:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._requests = 0  # this worker's HTTP requests in flight, last published
-        self._slot = int(worker) if worker.isdigit() else -1
+        self._slot: int | None = None  # where they are published (from the WELCOME)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="inference-client")
@@ -80,7 +80,7 @@ class InferenceClient:
         """This worker's HTTP requests in flight, for the inference process to see whether a
         lone request is alone in the whole server (serving.activity)."""
         self._requests = count
-        if self.stats is not None:
+        if self.stats is not None and self._slot is not None:
             self.stats.publish_requests(self._slot, count)
 
     async def close(self) -> None:
@@ -127,6 +127,7 @@ class InferenceClient:
         if self.stats is not None:
             self.stats.close()
         self.stats = ipc.QueueStats.open(stats_name, len(models), workers)
+        self._slot = ipc.worker_slot(self.worker, workers)
         self.publish_requests(self._requests)  # a restarted inference process starts at 0
         self.models = models
         assert self.slab is not None
