@@ -131,15 +131,26 @@ def lone_thumbnails_on_the_loop(srv: ServerProcess, count: int) -> float:
 THUMB = jpeg(256, 192)
 
 
-def assert_lone_calls_skip_the_thread_hops_only_when_alone(srv: ServerProcess) -> None:
+def on_the_loop_within(srv: ServerProcess, count: int, at_least: int, tries: int) -> bool:
+    """Whether some run of `count` lone thumbnails, of at most `tries` runs, had `at_least` of
+    its calls on an event loop."""
+    return any(lone_thumbnails_on_the_loop(srv, count) >= at_least for _ in range(tries))
+
+
+def assert_lone_calls_skip_the_thread_hops_only_when_alone(
+    srv: ServerProcess, tries: int = 1
+) -> None:
+    """`tries` > 1 lets a run that met a slow call try again: one lone call over 2 ms (a
+    thread not scheduled in time on a busy 2-core box, as with W=2's three processes and the
+    client) rightly sends the next 8 to the thread. Never while another request is in flight."""
     # After LONE_CALLS_KEPT fast lone calls (on the thread), the lone ones run on the loop.
-    assert lone_thumbnails_on_the_loop(srv, 20) >= 5
+    assert on_the_loop_within(srv, 20, 5, tries)
     # Another request in the server (here one still sending its body): every call goes to its
     # thread, so the loop that request needs is never held.
     with request_in_flight(srv.url):
         assert lone_thumbnails_on_the_loop(srv, 12) == 0
     time.sleep(0.3)  # the server sees the connection close and ends that request
-    assert lone_thumbnails_on_the_loop(srv, 12) >= 10
+    assert on_the_loop_within(srv, 12, 10, tries)
 
 
 def test_a_lone_request_alone_in_the_server_calls_the_model_on_the_event_loop(
