@@ -208,6 +208,6 @@ def test_a_lone_request_alone_in_every_worker_skips_the_inference_threads(tmp_pa
     srv = start_server(tmp_path, None, None, **{**SLOW, **FAST, "PHOTOFIELD_AI_WORKERS": "2"})
     try:
         wait_for_workers(srv, 2)
-        assert_lone_calls_skip_the_thread_hops_only_when_alone(srv, tries=3)
+        assert_lone_calls_skip_the_thread_hops_only_when_alone(srv)
     finally:
         assert srv.stop() == 0

@@ -91,6 +91,10 @@ def test_only_an_accelerator_calls_a_lone_batch_on_the_event_loop() -> None:
     for kind in ("visual", "textual", "faces"):
         assert batch_policy(Settings(), kind, False).inline_call_max_s == 0
         assert batch_policy(Settings(), kind, True).inline_call_max_s == 0.002
+    # PHOTOFIELD_AI_INLINE_CALL_MAX_MS sets the window on either device; 0 turns it off.
+    assert batch_policy(Settings(inline_call_max_ms=0), "visual", True).inline_call_max_s == 0
+    assert batch_policy(Settings(inline_call_max_ms=5), "textual", True).inline_call_max_s == 0.005
+    assert batch_policy(Settings(inline_call_max_ms=50), "visual", False).inline_call_max_s == 0.05
 
 
 def test_only_the_adaptive_visual_model_waits_for_the_items_it_expects() -> None:

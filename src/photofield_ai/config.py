@@ -110,6 +110,11 @@ class Settings:
         "alone (a lone request), beside the single-threaded batches a busy queue runs; `0`: one "
         "session (saves that session's memory: ~300-540 MB for ViT-B/32 float32 visual)"
     )
+    inline_call_max_ms: float | None = setting(
+        help="a lone request alone in the server has its model called on the event loop, "
+        "skipping the hops to an inference thread and back, while the model's last 8 lone calls "
+        "each took at most this long (an accelerator's batch-1 call: ~1 ms); `0`: never"
+    )
     max_queue: int = setting(
         1024, "items waiting per model; beyond it requests get 503 + `Retry-After` at once"
     )

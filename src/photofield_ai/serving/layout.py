@@ -119,8 +119,14 @@ def batch_policy(
         ),
         split_across_slots=adaptive_cpu,
         wait_for_expected_s=WAIT_FOR_EXPECTED_S if adaptive_cpu and kind == "visual" else 0.0,
-        inline_call_max_s=INLINE_CALL_MAX_MS / 1000.0 if accelerated else 0.0,
+        inline_call_max_s=inline_call_max_ms(settings, accelerated) / 1000.0,
     )
+
+
+def inline_call_max_ms(settings: Settings, accelerated: bool) -> float:
+    if settings.inline_call_max_ms is not None:
+        return settings.inline_call_max_ms
+    return INLINE_CALL_MAX_MS if accelerated else 0.0
 
 
 def with_concurrency(policy: BatchPolicy, k: int) -> BatchPolicy:
@@ -178,6 +184,7 @@ def describe_defaults() -> dict[str, str]:
             f"CPU: visual {CPU_VISUAL_THREADS}, textual ONNX Runtime's choice (one per physical "
             "core); GPU: ONNX Runtime's choice"
         ),
+        "inline_call_max_ms": f"{INLINE_CALL_MAX_MS:g} with an accelerator, 0 on CPU",
         "workers": "1 on CPU; with an accelerator, one per usable CPU",
         "adaptive_layout": "on (CPU, both CLIP models, unless threads or K are set)",
         "decode_threads": "with one worker, the usable CPUs (at least 2); else CPUs ÷ workers",
