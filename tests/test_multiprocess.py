@@ -200,6 +200,10 @@ def test_sigterm_drains_every_worker_without_losing_a_request(tmp_path: Path) ->
     assert codes == [200] * 32
     assert srv.process.wait(60) == 0
     assert srv.workers() == {} and srv.inference_pid() is None
+    # Every shared-memory segment unlinked, and once: the processes share one resource tracker,
+    # which printed a KeyError traceback per segment when an attach had dropped its record.
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"pfai-{srv.process.pid}-")]
+    assert "Traceback" not in srv.log(), srv.log()
 
 
 def test_a_lone_request_alone_in_every_worker_skips_the_inference_threads(tmp_path: Path) -> None:

@@ -51,6 +51,15 @@ class _Child:
     shm: str | None = None  # the worker's slab, unlinked if the worker dies without doing it
 
 
+def _child_main(target: Callable[..., None], *args: Any) -> None:
+    """A child's entry point: it shares the supervisor's resource tracker (spawned by
+    multiprocessing) with every other child, which the shared-memory attach must know."""
+    from photofield_ai.serving import ipc
+
+    ipc.share_resource_tracker()
+    target(*args)
+
+
 class Supervisor:
     def __init__(
         self,
@@ -160,8 +169,14 @@ class Supervisor:
     def _start_inference(self, wait: bool) -> str | None:
         receiver, sender = self.context.Pipe(duplex=False)
         process = self.context.Process(
-            target=self.inference_target,
-            args=(self.settings, str(self.socket_path), self.stats_name, sender),
+            target=_child_main,
+            args=(
+                self.inference_target,
+                self.settings,
+                str(self.socket_path),
+                self.stats_name,
+                sender,
+            ),
             name="photofield-ai-inference",
         )
         process.start()
@@ -192,8 +207,8 @@ class Supervisor:
         self._generation += 1
         shm = f"pfai-{os.getpid()}-w{worker}-{self._generation}"
         process = self.context.Process(
-            target=self.worker_target,
-            args=(self.settings, worker, str(self.socket_path), shm),
+            target=_child_main,
+            args=(self.worker_target, self.settings, worker, str(self.socket_path), shm),
             name=f"photofield-ai-worker-{worker}",
         )
         process.start()

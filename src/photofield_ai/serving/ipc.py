@@ -181,6 +181,18 @@ def read_cancel(body: bytes) -> int:
 # -- shared memory ---------------------------------------------------------------------------
 # Segments this process created (and owns: the resource tracker unlinks them if it dies).
 _CREATED: set[str] = set()
+# Whether this process shares Python's resource tracker with the processes whose segments it
+# attaches (true in the supervisor's children: multiprocessing hands each the parent's tracker).
+_TRACKER_SHARED = False
+
+
+def share_resource_tracker() -> None:
+    """Say that this process's resource tracker is its peers' too: attaching to a segment then
+    leaves the tracker's record alone. The tracker keeps one record per name for all the processes
+    sharing it; removing it on attach dropped the creator's record (its segment then went untracked
+    if it died) and made the creator's unlink print a KeyError traceback at every shutdown."""
+    global _TRACKER_SHARED
+    _TRACKER_SHARED = True
 
 
 def create(name: str, size: int) -> shared_memory.SharedMemory:
@@ -191,11 +203,13 @@ def create(name: str, size: int) -> shared_memory.SharedMemory:
 
 
 def attach(name: str) -> shared_memory.SharedMemory:
-    """Attach to another process's segment without making this process its owner (Python's
-    resource tracker would otherwise unlink it when this process exits). A segment this
-    process created itself stays its own (both ends in one process: tests)."""
+    """Attach to another process's segment without making this process its owner: with a
+    resource tracker of its own, this process's would otherwise unlink it when this process
+    exits. A segment this process created itself stays its own (both ends in one process:
+    tests), and so does one whose creator shares this process's tracker (the record is theirs
+    together: share_resource_tracker)."""
     shm = shared_memory.SharedMemory(name=name)
-    if name not in _CREATED:
+    if name not in _CREATED and not _TRACKER_SHARED:
         # Best effort: the tracker is an implementation detail of multiprocessing.
         with contextlib.suppress(Exception):
             resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
