@@ -21,7 +21,7 @@ from photofield_ai.testing.generate import generate
 from photofield_ai.testing.server import start_server
 from tests.conftest import wait_until
 from tests.images import jpeg
-from tests.test_hardening import metric
+from tests.probes import metric
 
 CACHE_ENTRIES = 10_000
 TEXTS_PER_REQUEST = 250

@@ -35,7 +35,7 @@ from photofield_ai.testing.generate import generate
 from photofield_ai.testing.server import ServerProcess, start_server
 from tests.face_fakes import faces_env
 from tests.images import jpeg, photo
-from tests.test_hardening import parse_metric
+from tests.probes import parse_metric
 
 THUMBNAIL_CLIENTS, FACE_CLIENTS = 4, 8
 # A person searching: one query, then a second reading the results (a searcher firing queries

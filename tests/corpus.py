@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.images import encode, jpeg, photo
+from tests.images import encode, jpeg, photo, png_bomb, png_chunk
 
 DATA = Path(__file__).parent / "data"
 SUPPORTED = "supported formats: JPEG, PNG, WEBP, GIF, BMP, TIFF"
@@ -75,20 +75,12 @@ def png_16bit_rgb(width: int, height: int) -> bytes:
     rgb = np.asarray(photo(width, height), dtype=np.uint16) * 257
     raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body))
-            + kind
-            + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        )
-
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(raw))
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -154,13 +146,14 @@ def cases() -> list[Case]:
         image_case("12-bit JPEG", jpeg_12bit(), 415, "12-bit JPEG"),
         image_case(
             "decompression bomb",
-            encode(Image.new("1", (50000, 50000)), "PNG"),
+            png_bomb(50000),
             413,
             "too many pixels",
         ),
         image_case(
             "more pixels than the setting allows",
-            jpeg(8000, 7000, quality=30),
+            # One colour: the size is what matters, and noise for 56 Mpx took seconds.
+            encode(Image.new("RGB", (8000, 7000), (90, 120, 150)), "JPEG", quality=30),
             413,
             "more than the limit of 50000000",
         ),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,29 @@ def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
 
 def jpeg(width: int, height: int, quality: int = 92, seed: int = 0, **params: object) -> bytes:
     return encode(photo(width, height, seed), "JPEG", quality=quality, **params)
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+@functools.cache
+def png_bomb(side: int = 50_000) -> bytes:
+    """A valid 1-bit PNG of side × side black pixels in a small file (~300 kB for 50,000²: a
+    decompression bomb that would really decode). Deflated a block of rows at a time: Pillow
+    took ~10 s on the 2-core machine to make the same file."""
+    rows = (b"\x00" * (1 + (side + 7) // 8)) * 64
+    deflate = zlib.compressobj(9)
+    blocks, rest = divmod(side, 64)
+    idat = b"".join(deflate.compress(rows) for _ in range(blocks))
+    idat += deflate.compress(rows[: rest * len(rows) // 64]) + deflate.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def with_orientation(image: Image.Image, orientation: int) -> bytes:

@@ -18,7 +18,7 @@ from photofield_ai.serving.loading import LoadedModels
 from photofield_ai.testing.server import serve_in_thread
 from tests.conftest import CPU, FlakySession, ServerProcess, clip_model
 from tests.images import jpeg
-from tests.test_hardening import parse_metric
+from tests.probes import parse_metric
 
 
 def _batch_histogram(text: str, model: str) -> tuple[float, float]:

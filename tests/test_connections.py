@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import ServerProcess, server_errors, start_server
 from tests.face_fakes import fake_faces_env
 from tests.images import jpeg
-from tests.test_hardening import parse_metric
+from tests.probes import parse_metric
 
 TIMEOUTS = {
     "PHOTOFIELD_AI_HEADER_TIMEOUT_S": "1",

@@ -45,7 +45,7 @@ from tests.face_fakes import (
     write_recognizer,
 )
 from tests.images import encode, jpeg, with_orientation
-from tests.test_hardening import parse_metric
+from tests.probes import parse_metric
 
 FLAT = (200, 50, 10)  # a photo of one flat color: every aligned face crop has these means
 

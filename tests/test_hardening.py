@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from tests.conftest import (
 )
 from tests.corpus import LIMITS, Case, cases
 from tests.images import jpeg
+from tests.probes import image_post_then_leave, metric, parse_metric, rss_bytes
 
 CASES = cases()
 
@@ -113,17 +112,6 @@ def flaky_models(models: tuple[Path, Path]) -> tuple[LoadedModels, FlakySession]
     return LoadedModels(CPU, visual, clip_model(models[1], "textual")), visual.session
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    return parse_metric(httpx.get(url + "/metrics").text, name, **labels)
-
-
-def parse_metric(text: str, name: str, **labels: str) -> float:
-    label = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    selector = f"{{{re.escape(label)}}}" if labels else ""
-    m = re.search(rf"^{name}{selector} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
 def test_failing_session_call_fails_only_its_batch(
     tiny_float32: tuple[Path, Path], heavy_industry: bytes
 ) -> None:
@@ -155,23 +143,6 @@ def serve_with_plain_uvicorn(app: Starlette) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
-
-
-@contextlib.contextmanager
-def image_post_then_leave(url: str, image: bytes) -> Iterator[None]:
-    """POST `image` to /image-embeddings on a raw socket, which is closed — the client leaving
-    without reading its answer — when the block ends."""
-    request = httpx.Request(
-        "POST", url + "/image-embeddings", files={"image": ("b.jpg", image, "image/jpeg")}
-    )
-    body = request.read()
-    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
-        sock.sendall(
-            f"POST /image-embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: "
-            f"{request.headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        yield
 
 
 @pytest.mark.parametrize(
@@ -251,13 +222,6 @@ def test_disabled_models_answer_503(
 
 
 # -- overload -----------------------------------------------------------------------------------
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 async def flood(url: str, images: list[bytes], total: int) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=total, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:

@@ -18,7 +18,7 @@ from tests import hostile
 from tests.conftest import ServerProcess, server_errors, start_server
 from tests.face_fakes import EXPECTED, fake_faces_env
 from tests.images import encode, photo
-from tests.test_hardening import parse_metric
+from tests.probes import parse_metric
 
 GIB = 1 << 30
 

@@ -24,7 +24,7 @@ from photofield_ai.serving.loading import LoadedModels
 from photofield_ai.testing.server import serve_in_thread
 from tests.conftest import CPU, ServerProcess, clip_model, start_server, wait_until
 from tests.images import jpeg
-from tests.test_hardening import metric, rss_bytes
+from tests.probes import metric, rss_bytes
 
 
 class SlowLoadSession(OnnxSession):

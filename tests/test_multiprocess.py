@@ -17,8 +17,8 @@ import pytest
 
 from tests.conftest import ServerProcess, start_server, wait_until
 from tests.images import jpeg
-from tests.test_hardening import image_post_then_leave, parse_metric
-from tests.test_hardening import metric as hardening_metric
+from tests.probes import image_post_then_leave, parse_metric
+from tests.probes import metric as probe_metric
 from tests.test_simulated import FAST, assert_lone_calls_skip_the_thread_hops_only_when_alone
 
 # 40 ms per batch: requests arriving meanwhile wait and are batched together.
@@ -116,7 +116,7 @@ def test_a_client_that_leaves_while_queued_is_dropped_across_processes(tmp_path:
         wait_for_workers(srv, 2)
 
         def metric(name: str, **labels: str) -> float:
-            return hardening_metric(srv.url, name, **labels)
+            return probe_metric(srv.url, name, **labels)
 
         first = threading.Thread(
             target=lambda: httpx.post(

@@ -17,7 +17,7 @@ from photofield_ai.clip.preprocess import preprocess_image
 from photofield_ai.clip.tokenizer import ClipTokenizer
 from tests.conftest import ServerProcess, clip_model, start_server
 from tests.images import jpeg
-from tests.test_hardening import parse_metric
+from tests.probes import parse_metric
 
 KEY = "test-key-0123"
 

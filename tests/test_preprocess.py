@@ -7,7 +7,7 @@ from PIL import Image, ImageOps
 
 from photofield_ai.clip import preprocess as pp
 from photofield_ai.imaging import decode, errors
-from tests.images import encode, jpeg, photo, psnr, with_orientation
+from tests.images import encode, jpeg, photo, png_bomb, psnr, with_orientation
 
 S = 224
 
@@ -195,8 +195,8 @@ def test_extreme_aspect_ratio_is_cropped_in_source_coordinates() -> None:
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:
-    # A PNG header declaring 50000x50000 pixels; the file is tiny.
-    bomb = encode(Image.new("1", (50000, 50000)), "PNG")
+    # A PNG of 50000x50000 pixels that would decode; the file is tiny.
+    bomb = png_bomb(50000)
     assert len(bomb) < 1_000_000
     with pytest.raises(errors.ImageTooLargeError):
         pp.preprocess_image(bomb, S, 100_000_000)

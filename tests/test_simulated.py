@@ -24,7 +24,7 @@ from photofield_ai.runtime.simulated import (
 from photofield_ai.serving.loading import load_embedding_model
 from tests.conftest import CPU, ServerProcess, assert_one_line_error, run_cli, start_server
 from tests.images import jpeg
-from tests.test_hardening import metric
+from tests.probes import metric
 
 # A fast accelerator (0.1 ms calls) whose lone calls may run on the event loop while each of the
 # last 8 took at most 100 ms, not the default 2: on a busy 2-core box (W=2's three processes and

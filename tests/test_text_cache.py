@@ -14,7 +14,7 @@ from photofield_ai.families.base import Array
 from photofield_ai.metrics import Metrics
 from photofield_ai.serving.text_cache import TextEmbeddingCache, cache_key
 from tests.conftest import ServerProcess, start_server
-from tests.test_hardening import metric
+from tests.probes import metric
 
 
 def row(*ids: int, length: int = 8) -> Array:
