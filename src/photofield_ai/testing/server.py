@@ -106,6 +106,9 @@ def start_server(
             "PHOTOFIELD_AI_RUNTIME": "cpu",
             # Face models are downloaded by default; tests and benchmarks opt in with fakes.
             "PHOTOFIELD_AI_FACES_ENABLED": "0",
+            # No orchestrator to wait for: `stop` (SIGTERM) would otherwise wait the default 5 s
+            # of accepting before draining. Tests of the delay set it.
+            "PHOTOFIELD_AI_SHUTDOWN_DELAY_S": "0",
             **({"PHOTOFIELD_AI_VISUAL_MODEL": str(visual)} if visual else {}),
             **({"PHOTOFIELD_AI_TEXTUAL_MODEL": str(textual)} if textual else {}),
             **env,
