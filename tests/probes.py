@@ -1,12 +1,13 @@
 """Reading a running server from outside, as the tests and benchmarks do: a metric from its
-scrape, its memory, a client that sends a request and leaves. Kept apart from the test modules
-so that importing these never builds a test corpus."""
+scrape, its memory, a client that sends a request and leaves, one that holds a request open.
+Kept apart from the test modules so that importing these never builds a test corpus."""
 
 from __future__ import annotations
 
 import contextlib
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,4 +46,17 @@ def image_post_then_leave(url: str, image: bytes) -> Iterator[None]:
             f"{request.headers['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
+        yield
+
+
+@contextlib.contextmanager
+def request_in_flight(url: str) -> Iterator[None]:
+    """A request the server is serving until the block ends: its headers and half its body
+    sent, the rest never (the connection closes at the end)."""
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(
+            b"POST /text-embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 40\r\n\r\n{"texts": ['
+        )
+        time.sleep(0.3)  # parsed, and the app called
         yield

@@ -355,6 +355,35 @@ async def test_a_batch_alone_runs_on_the_every_core_layout_and_a_busy_queue_does
     await batcher.close(1)
 
 
+async def test_a_spinning_every_core_session_takes_a_lone_batch_only_in_an_idle_server() -> None:
+    """alone_only_in_idle_server: a lone batch takes `run_alone` while `alone_allowed` says no
+    other request is in the server; otherwise the busy layout, as at a busy queue."""
+    busy, alone = SlowModel(delay=0.01), SlowModel(delay=0.01)
+    others = [0]
+    batcher = DynamicBatcher(
+        "visual",
+        busy,
+        policy(max_concurrent_batches=2, alone_only_in_idle_server=True),
+        run_alone=alone,
+        alone_allowed=lambda: others[0] == 0,
+    )
+    batcher.start()
+    await batcher.submit(item(1))
+    others[0] = 1  # another request in the server (a /faces upload, a decode)
+    await batcher.submit(item(2))
+    others[0] = 0
+    await batcher.submit(item(3))
+    assert (alone.batches, busy.batches) == ([[1.0], [3.0]], [[2.0]])
+    await batcher.close(1)
+    # Without the policy a lone batch always takes it, whatever the server holds.
+    busy, alone = SlowModel(delay=0.01), SlowModel(delay=0.01)
+    batcher = DynamicBatcher("visual", busy, policy(), run_alone=alone, alone_allowed=lambda: False)
+    batcher.start()
+    await batcher.submit(item(1))
+    assert (alone.batches, busy.batches) == ([[1.0]], [])
+    await batcher.close(1)
+
+
 def split_policy(**overrides: object) -> dict[str, Any]:
     """The adaptive CPU layout's queue policy: two single-threaded slots, waves split evenly."""
     values: dict[str, Any] = {

@@ -6,19 +6,22 @@ import asyncio
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from starlette.applications import Starlette
 
 from photofield_ai.app import create_app
 from photofield_ai.clip.wire import decode_embedding
 from photofield_ai.config import Settings
+from photofield_ai.runtime.cpus import usable_cpus
 from photofield_ai.serving.loading import LoadedModels
 from photofield_ai.testing.server import serve_in_thread
-from tests.conftest import CPU, FlakySession, ServerProcess, clip_model
+from tests.conftest import CPU, FlakySession, ServerProcess, clip_model, start_server
 from tests.images import jpeg
-from tests.probes import parse_metric
+from tests.probes import metric, parse_metric, request_in_flight
 
 
 def _batch_histogram(text: str, model: str) -> tuple[float, float]:
@@ -102,6 +105,45 @@ def slowed_app(
     visual.session.calls = textual.session.calls = calls
     loaded = LoadedModels(CPU, visual, textual)
     return create_app(Settings(adaptive_layout=False, **settings), loaded), calls  # type: ignore[arg-type]
+
+
+def test_a_lone_thumbnail_takes_the_every_core_session_only_in_an_idle_server(
+    tmp_path: Path, tiny_float32: tuple[Path, Path]
+) -> None:
+    """The adaptive CPU layout: the visual model's every-core session spins during its calls,
+    so a lone thumbnail takes it only while no other request is in the server (here one held
+    half sent); a lone search keeps taking the text model's, which does not spin."""
+    if usable_cpus() < 2:
+        pytest.skip("the adaptive layout needs two usable CPUs")
+    srv = start_server(tmp_path, *tiny_float32)
+    thumb = jpeg(256, 192)
+    try:
+        with httpx.Client(timeout=30) as client:
+
+            def alone(model: str) -> float:
+                return metric(srv.url, "photofield_ai_batches_alone_total", model=model)
+
+            def embed(path: str, **body: Any) -> None:
+                assert client.post(srv.url + path, **body).status_code == 200
+
+            def thumbnails(n: int) -> None:
+                for _ in range(n):
+                    embed("/image-embeddings", files={"image": ("a.jpg", thumb)})
+
+            visual = alone("visual")
+            thumbnails(3)
+            assert alone("visual") == visual + 3
+            with request_in_flight(srv.url):
+                visual, textual = alone("visual"), alone("textual")
+                thumbnails(3)
+                embed("/text-embeddings", json={"texts": ["a lone search"]})
+                assert alone("visual") == visual
+                assert alone("textual") == textual + 1
+            time.sleep(0.3)  # the server sees the held request's connection close
+            thumbnails(2)
+            assert alone("visual") == visual + 2
+    finally:
+        assert srv.stop() == 0
 
 
 def test_concurrent_requests_form_real_batches(tiny_float32: tuple[Path, Path]) -> None:

@@ -40,14 +40,15 @@ SRC = Path(photofield_ai.__file__).parent
 # -- layout: the one home of device defaults ----------------------------------------------------
 def test_thread_layout_defaults_per_device_and_model() -> None:
     """CPU (adaptive, the default): both CLIP models run one single-threaded batch per usable
-    CPU when busy and a lone batch on a second session with every core; without it, the visual
-    model one single-threaded batch per CPU, the textual one a batch at a time on every core.
-    An accelerator: two batches in flight. Explicit settings win everywhere."""
+    CPU when busy and a lone batch on a second session with every core (the visual one's
+    threads spin during its calls); without it, the visual model one single-threaded batch per
+    CPU, the textual one a batch at a time on every core. An accelerator: two batches in
+    flight. Explicit settings win everywhere."""
     cpus = usable_cpus()
     default = Settings()
     for kind in ("visual", "textual"):
         expected = (
-            ThreadLayout(1, cpus, 0)
+            ThreadLayout(1, cpus, 0, alone_spins=kind == "visual")
             if cpus > 1
             else thread_layout(Settings(adaptive_layout=False), kind, False)
         )
@@ -95,6 +96,18 @@ def test_only_an_accelerator_calls_a_lone_batch_on_the_event_loop() -> None:
     assert batch_policy(Settings(inline_call_max_ms=0), "visual", True).inline_call_max_s == 0
     assert batch_policy(Settings(inline_call_max_ms=5), "textual", True).inline_call_max_s == 0.005
     assert batch_policy(Settings(inline_call_max_ms=50), "visual", False).inline_call_max_s == 0.05
+
+
+def test_only_the_spinning_every_core_session_waits_for_an_idle_server() -> None:
+    """The adaptive layout's visual every-core session spins during its calls: its policy keeps
+    it for a lone batch with no other request in the server. Not the textual one (no spinning),
+    not a fixed layout, not an accelerator."""
+    adaptive = usable_cpus() > 1
+    assert batch_policy(Settings(), "visual", False).alone_only_in_idle_server == adaptive
+    assert not batch_policy(Settings(), "textual", False).alone_only_in_idle_server
+    fixed = Settings(adaptive_layout=False)
+    assert not batch_policy(fixed, "visual", False).alone_only_in_idle_server
+    assert not batch_policy(Settings(), "visual", True).alone_only_in_idle_server
 
 
 def test_only_the_adaptive_visual_model_waits_for_the_items_it_expects() -> None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,7 +21,7 @@ from photofield_ai.runtime.simulated import (
 from photofield_ai.serving.loading import load_embedding_model
 from tests.conftest import CPU, ServerProcess, assert_one_line_error, run_cli, start_server
 from tests.images import jpeg
-from tests.probes import metric
+from tests.probes import metric, request_in_flight
 
 # A fast accelerator (0.1 ms calls) whose lone calls may run on the event loop while each of the
 # last 8 took at most 100 ms, not the default 2: on a busy 2-core box (W=2's three processes and
@@ -106,19 +103,6 @@ def test_a_bad_simulated_location_is_a_one_line_start_up_error() -> None:
         }
     )
     assert_one_line_error(result, "invalid simulated model")
-
-
-@contextlib.contextmanager
-def request_in_flight(url: str) -> Iterator[None]:
-    """A request the server is serving until the block ends: its headers and half its body
-    sent, the rest never (the connection closes at the end)."""
-    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
-        sock.sendall(
-            b"POST /text-embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 40\r\n\r\n{"texts": ['
-        )
-        time.sleep(0.3)  # parsed, and the app called
-        yield
 
 
 def lone_thumbnails_on_the_loop(srv: ServerProcess, count: int) -> float:

@@ -94,6 +94,11 @@ class BatchPolicy:
     # itself, without the hops to an inference thread and back, while the model's recent lone
     # calls all took at most this long (see DynamicBatcher._may_call_inline); 0: never.
     inline_call_max_s: float = 0.0
+    # A lone batch takes `run_alone` (the every-core session) only while no other request is in
+    # the server (DynamicBatcher's `alone_allowed`), not whenever it is lone to this batcher:
+    # for a session whose threads spin during its calls, which would take the cores from
+    # other requests' decodes and models.
+    alone_only_in_idle_server: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_concurrent_batches < 1 or self.max_queue < 1:
@@ -207,6 +212,7 @@ class DynamicBatcher:
         executor: Executor | None = None,
         run_alone: RunBatch | None = None,
         inline_allowed: Callable[[], bool] | None = None,
+        alone_allowed: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -215,6 +221,9 @@ class DynamicBatcher:
         # when a batch starts with nothing else running or waiting, so a lone request is as
         # fast as the best single call while a busy queue gets the throughput layout.
         self._run_alone = run_alone
+        # Asked before a lone batch takes `run_alone` when the policy says
+        # `alone_only_in_idle_server`: True while no other request is in the server.
+        self._alone_allowed = alone_allowed
         # Asked before a call on the event loop (with inline_call_max_s): True only while no
         # other request is in the server and a call now costs what the recent ones did (no
         # session to open again after an idle unload). None: never on the loop.
@@ -524,7 +533,7 @@ class DynamicBatcher:
                 self._slots.release()
                 continue
             lone = self._in_flight == 0 and not self._queue and self._expected() == 0
-            alone = lone and self._run_alone is not None
+            alone = lone and self._may_run_alone()
             self._in_flight += 1
             self._running_items += len(batch)
             self._update_hold()
@@ -551,6 +560,15 @@ class DynamicBatcher:
             failed: asyncio.Future[Array] = loop.create_future()
             failed.set_exception(exc)
             return failed
+
+    def _may_run_alone(self) -> bool:
+        """Take the every-core session for a lone batch? Always, if the model has one, unless
+        the policy keeps it for a server with no other request in it."""
+        if self._run_alone is None:
+            return False
+        if not self.policy.alone_only_in_idle_server:
+            return True
+        return self._alone_allowed is not None and self._alone_allowed()
 
     def _may_call_inline(self) -> bool:
         """Call a lone batch on the event loop? Only while the last LONE_CALLS_KEPT lone calls

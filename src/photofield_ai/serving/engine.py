@@ -259,6 +259,7 @@ class Engine:
             executor=executor,
             run_alone=plan.run_alone,
             inline_allowed=functools.partial(may_hold_loop, self.alone_in_server, plan.sessions),
+            alone_allowed=self.alone_in_server,
         )
         batcher.start()
         return batcher

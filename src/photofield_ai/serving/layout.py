@@ -9,11 +9,14 @@ Measured reasons (BENCHMARKS.md, README "Tuning"):
   at 32 clients); a batch that starts with nothing else running or waiting runs on a second
   session with every core, as fast as the best single call (a lone thumbnail: ~86 ms, not
   ~140). The price: the second session's weights in memory.
-- CPU, adaptive: no session's worker threads spin, not even the every-core one's during its
-  calls only (`session.force_spinning_stop`): a bare lone call was 3-8 ms faster with it, but
-  the session runs "alone" whenever its own model is idle — also while /faces keeps the cores
-  busy, where its spinning took CPU from the others (thumbnails 1.53 and 1.63/s vs 1.90 and
-  1.73/s at Photofield's mixed load, BENCHMARKS.md "compare").
+- CPU, adaptive, visual: the every-core session's threads spin during its calls only
+  (`session.force_spinning_stop`), and it takes a lone batch only while no other request is in
+  the server. Spinning whenever the model was idle took CPU from /faces at Photofield's mixed
+  load (thumbnails 1.53 and 1.63/s vs 1.90 and 1.73/s); kept for an idle server, a lone
+  thumbnail was 4-5 ms faster (p50 96 vs 100, 90 vs 95 ms) with 4 clients unchanged and the
+  mixed load no worse (BENCHMARKS.md "compare"). Not the textual model: a lone search gained
+  nothing and 4 search clients lost (17.8 vs 19.8 req/s) when its every-core session was kept
+  for an idle server. The batch sessions never spin.
 - CPU without the adaptive layout: the visual model as above without the second session; the
   textual model one batch at a time across all cores; the face models take K from the
   non-visual layout and keep ONNX Runtime's threads.
@@ -45,6 +48,10 @@ CPU_VISUAL_THREADS = 1
 # model: its per-item cost hardly falls with batch size (BENCHMARKS.md section 1), so waiting
 # buys nothing there (measured: "compare" in BENCHMARKS.md).
 WAIT_FOR_EXPECTED_S = 0.02
+# CPU, adaptive, visual: the every-core session's threads spin during its calls (and stop when a
+# call returns), and it takes a lone batch only while no other request is in the server — so
+# never while /faces or decodes need the cores, where spinning cost thumbnails/s before.
+ALONE_SPINS_VISUAL = True
 # Accelerator: a lone batch, with no other request in the server, is called on the event loop
 # itself while the model's recent lone calls took at most this long (batcher, inline_call_max_s):
 # the hops to an inference thread and back cost ~0.3 ms of a lone request's round trip, a GPU's
@@ -74,6 +81,9 @@ class ThreadLayout:
     intra_op_threads: int  # 0: ONNX Runtime's default, one per physical core
     concurrent_batches: int  # K
     alone_threads: int | None = None  # None: no second session
+    # The second session's threads spin during its calls, and it runs only a lone batch with
+    # no other request in the server (BatchPolicy.alone_only_in_idle_server).
+    alone_spins: bool = False
 
 
 def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLayout:
@@ -86,7 +96,7 @@ def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLay
     explicit = threads is not None or settings.max_concurrent_batches is not None
     if kind in ("visual", "textual") and adaptive(settings) and cpus > 1 and not explicit:
         # A busy queue: one single-threaded batch per core; a batch alone: every core.
-        return ThreadLayout(1, cpus, 0)
+        return ThreadLayout(1, cpus, 0, alone_spins=kind == "visual" and ALONE_SPINS_VISUAL)
     if kind == "visual":
         threads = threads or CPU_VISUAL_THREADS
         return ThreadLayout(threads, settings.max_concurrent_batches or max(1, cpus // threads))
@@ -120,6 +130,7 @@ def batch_policy(
         split_across_slots=adaptive_cpu,
         wait_for_expected_s=WAIT_FOR_EXPECTED_S if adaptive_cpu and kind == "visual" else 0.0,
         inline_call_max_s=inline_call_max_ms(settings, accelerated) / 1000.0,
+        alone_only_in_idle_server=layout.alone_spins,
     )
 
 

@@ -197,10 +197,12 @@ def load_embedding_model(
     session_type: type[OnnxSession] = OnnxSession,
     alone_threads: int | None = None,
     spin_during_calls: bool = False,
+    alone_spins: bool = False,
 ) -> LoadedEmbeddingModel:
     """Open the model and check that it is a `kind` model of `family`; with `alone_threads`,
-    a second session of it with those threads (the adaptive layout). `spin_during_calls`
-    (runtime.session.open_session) is for the benchmarks' bare calls; the server never spins.
+    a second session of it with those threads (the adaptive layout), whose threads spin during
+    its calls with `alone_spins`. `spin_during_calls` (runtime.session.open_session) is for the
+    benchmarks' bare calls; the server's batch sessions never spin.
     `session_type` lets tests slow down or break the session (a subclass) while everything
     else stays real."""
     session: Session
@@ -210,7 +212,7 @@ def load_embedding_model(
     else:
         session = session_type(location, providers, intra_op_threads, spin_during_calls)
         if alone_threads is not None:
-            alone = session_type(location, providers, alone_threads)
+            alone = session_type(location, providers, alone_threads, alone_spins)
     return LoadedEmbeddingModel(session, family.encoder(family.inspect(session, kind)), alone)
 
 
@@ -255,6 +257,7 @@ def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedMo
                 family,
                 layout.intra_op_threads,
                 alone_threads=layout.alone_threads,
+                alone_spins=layout.alone_spins,
             ),
         )
     faces = load_face_models(settings, providers, progress)
