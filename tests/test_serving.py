@@ -11,8 +11,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 import photofield_ai
+from photofield_ai.api.middleware import RecordHttpMetrics
+from photofield_ai.app import create_app
 from photofield_ai.batcher import BatchPolicy
 from photofield_ai.clip.wire import decode_embedding
 from photofield_ai.config import Settings, SettingsError
@@ -22,6 +25,7 @@ from photofield_ai.metrics import Metrics
 from photofield_ai.runtime import ModelLoadError, OnnxSession
 from photofield_ai.runtime.cpus import usable_cpus
 from photofield_ai.serving import layout
+from photofield_ai.serving.activity import RequestsInFlight
 from photofield_ai.serving.engine import Engine, plan_models
 from photofield_ai.serving.layout import ThreadLayout, batch_policy, thread_layout
 from photofield_ai.serving.loading import (
@@ -331,3 +335,39 @@ def test_dependencies_point_one_way() -> None:
 
 def test_app_is_assembly_only() -> None:
     assert len((SRC / "app.py").read_text().splitlines()) < 120
+
+
+# -- requests in flight (serving.activity): what a lone request asks before it runs ------------
+def test_probes_and_scrapes_are_not_requests_in_flight() -> None:
+    """A liveness probe or a scrape never waits on a model: it must not change how a lone
+    request runs (on the event loop, on every core), so the count leaves it out."""
+    asyncio.run(_requests_counted_by_path())
+    # The app leaves out exactly the probes and the scrape.
+    app_middleware = create_app(Settings(), None).user_middleware
+    recorder = next(m for m in app_middleware if m.cls is RecordHttpMetrics)  # type: ignore[comparison-overlap]
+    assert recorder.kwargs["uncounted"] == {"/health", "/ready", "/metrics"}
+
+
+async def _requests_counted_by_path() -> None:
+    seen: dict[str, int] = {}
+    requests = RequestsInFlight()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen[scope["path"]] = requests.count
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        pass
+
+    paths = ("/metrics", "/health", "/image-embeddings")
+    middleware = RecordHttpMetrics(
+        app, Metrics(), frozenset(paths), requests, uncounted=frozenset(paths[:2])
+    )
+    for path in paths:
+        await middleware({"type": "http", "path": path, "method": "GET"}, receive, send)
+    assert seen == {"/metrics": 0, "/health": 0, "/image-embeddings": 1}
+    assert requests.count == 0

@@ -75,6 +75,7 @@ def create_app(
                 metrics=engine.metrics,
                 endpoints=frozenset(r.path for r in ROUTES),
                 in_flight=engine.requests,
+                uncounted=frozenset({"/health", "/ready", "/metrics"}),
             ),
             *access,  # before anything reads the body
             Middleware(

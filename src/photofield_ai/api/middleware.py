@@ -146,12 +146,17 @@ class RecordHttpMetrics:
         metrics: Metrics,
         endpoints: frozenset[str],
         in_flight: RequestsInFlight | None = None,
+        uncounted: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.endpoints = endpoints
-        # The count the engine asks before it holds the event loop for a lone call.
+        # The count the engine asks before a lone call holds the event loop or takes every core.
         self.in_flight = in_flight or RequestsInFlight()
+        # Paths left out of that count (probes, scrapes: they never wait on a model, and a
+        # liveness probe or a scraper should not change how a lone request runs). The HTTP
+        # metric still counts them.
+        self.uncounted = uncounted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -168,12 +173,15 @@ class RecordHttpMetrics:
                 status = msg["status"]
             await send(msg)
 
+        counted = scope["path"] not in self.uncounted
         self.metrics.http_in_flight.inc()
-        self.in_flight.started()
+        if counted:
+            self.in_flight.started()
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            self.in_flight.finished()
+            if counted:
+                self.in_flight.finished()
             self.metrics.http_in_flight.dec()
             self.metrics.http_requests.labels(endpoint, method, str(status)).inc()
             self.metrics.http_latency.labels(endpoint, method).observe(

@@ -4,6 +4,7 @@ know: whether a batch of one may make its session call on the event loop (batche
 for another model, is invisible to it, and holding the loop for a call would delay exactly
 that request (BENCHMARKS.md "Tried and not kept: a lone batch called on the event loop").
 
+Probes and scrapes (/health, /ready, /metrics) are not counted: they never wait on a model.
 One process (W=1): the HTTP middleware counts its own requests. Several (W > 1): each worker
 publishes its count to shared memory (`ipc.QueueStats.requests`) and the inference process
 reads the sum.
