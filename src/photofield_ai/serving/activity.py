@@ -1,8 +1,10 @@
-"""How many HTTP requests the server is serving right now, for the one decision that needs to
-know: whether a batch of one may make its session call on the event loop (batcher,
-`inline_call_max_s`). The batcher alone cannot tell: a request still being parsed, or decoded
-for another model, is invisible to it, and holding the loop for a call would delay exactly
-that request (BENCHMARKS.md "Tried and not kept: a lone batch called on the event loop").
+"""How many HTTP requests the server is serving right now, for the two decisions that need to
+know whether a lone request is alone in the server: may a batch of one make its session call on
+the event loop (batcher, `inline_call_max_s`), and may it take a CPU model's spinning every-core
+session (`alone_only_in_idle_server`). The batcher alone cannot tell: a request still being
+parsed, or decoded for another model, is invisible to it, and holding the loop for a call (or
+spinning on its cores) would delay exactly that request (BENCHMARKS.md "Tried and not kept: a
+lone batch called on the event loop").
 
 Probes and scrapes (/health, /ready, /metrics) are not counted: they never wait on a model.
 One process (W=1): the HTTP middleware counts its own requests. Several (W > 1): each worker
