@@ -34,6 +34,9 @@ ROUTES = [
     Route("/metrics", service.metrics, methods=["GET"]),
     Route("/openapi.json", service.openapi, methods=["GET"]),
 ]
+# Liveness and readiness: open without the API key, and, like the scrape, never counted as a
+# request in the server (they never wait on a model).
+PROBES = frozenset({"/health", "/ready"})
 
 
 def create_app(
@@ -55,12 +58,12 @@ def create_app(
     handlers: dict[Any, Any] = dict(EXCEPTION_HANDLERS)
     access = []
     if settings.api_key is not None:
-        open_paths = {"/health", "/ready", *(["/metrics"] if settings.metrics_open else [])}
+        open_paths = PROBES | ({"/metrics"} if settings.metrics_open else set())
         access.append(
             Middleware(
                 RequireApiKey,
                 key=settings.api_key,
-                open_paths=frozenset(open_paths),
+                open_paths=open_paths,
                 metrics=engine.metrics,
             )
         )
@@ -75,7 +78,7 @@ def create_app(
                 metrics=engine.metrics,
                 endpoints=frozenset(r.path for r in ROUTES),
                 in_flight=engine.requests,
-                uncounted=frozenset({"/health", "/ready", "/metrics"}),
+                uncounted=PROBES | {"/metrics"},
             ),
             *access,  # before anything reads the body
             Middleware(
