@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from photofield_ai.batcher.batcher import LONE_CALLS_KEPT
 from photofield_ai.clip.wire import decode_embedding
 from photofield_ai.families.clip import ClipImageEncoder
 from photofield_ai.imaging.decode import DecodeLimits
+from photofield_ai.runtime import simulated
 from photofield_ai.runtime.simulated import (
     SimulatedLocationError,
     SimulatedSession,
@@ -143,3 +146,28 @@ def test_a_lone_request_alone_in_the_server_calls_the_model_on_the_event_loop(
         assert_lone_calls_skip_the_thread_hops_only_when_alone(srv)
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl timer slack is Linux's")
+def test_a_call_sleeps_without_timer_slack_and_gives_the_thread_its_own_back() -> None:
+    """The call's sleep ends when asked (as a CUDA wait does), not up to the 50 µs of timer
+    slack later; the calling thread — the event loop, for a lone call — keeps its own slack."""
+    prctl = ctypes.CDLL(None).prctl
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    seen: list[int] = []
+
+    def sleep(seconds: float) -> None:
+        seen.append(prctl(simulated.PR_GET_TIMERSLACK, 0, 0, 0, 0))
+
+    before = prctl(simulated.PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    prctl(simulated.PR_SET_TIMERSLACK, 123_000, 0, 0, 0)
+    try:
+        session = SimulatedSession(parse("simulated://textual?alpha_ms=1"), CPU)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(time, "sleep", sleep)
+            session.run(np.zeros((2, 77), np.int32))
+        assert seen == [1]
+        assert prctl(simulated.PR_GET_TIMERSLACK, 0, 0, 0, 0) == 123_000
+    finally:
+        prctl(simulated.PR_SET_TIMERSLACK, before, 0, 0, 0)
