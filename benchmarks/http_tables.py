@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,7 +152,13 @@ def lone_request_latency(
     request: each HTTP request is followed by one call of every bare layout. Paired this finely,
     drift hits both sides alike; measured in alternating blocks of 3 s the same comparison
     moved by ±10 ms from run to run, more than the 5 ms it is about (BENCHMARKS.md, "Where a
-    lone request's round trip goes")."""
+    lone request's round trip goes").
+
+    The bare layouts take turns in every order (all permutations, one per request), so each
+    follows the HTTP request and each other layout equally often: whatever one call leaves
+    behind for the next (cores asleep or awake, caches) then favours no layout. Measured on
+    this VM (`python -m benchmarks.lone --bare-order`), the call before changed a call's p50 by
+    1-2 ms at most; a fixed order had looked like 6 ms in a first, drift-prone look."""
     if seconds is None:
         seconds = 4.0 if cfg.quick else 6.0 if cfg.gpu else 40.0
     paths = generate("vit-b-32", dtype, cfg.workdir / "models")
@@ -167,7 +175,8 @@ def lone_request_latency(
             for session in sessions.values():
                 session.run(x)
             before = ServerCounters.read(server, kind)
-            call_each = functools.partial(_call_each_layout, sessions, x, bare)
+            orders = by_turns(sessions)
+            call_each = functools.partial(_call_each_layout, sessions, orders, x, bare)
             http = run_interleaved(server.url, workload, call_each, seconds)
             activity = ServerCounters.read(server, kind).since(before)
             del sessions, call_each
@@ -186,12 +195,22 @@ def lone_request_latency(
     return results
 
 
+def by_turns(names: Iterable[str]) -> Iterator[tuple[str, ...]]:
+    """Every order of `names`, one after another, for ever: over each len(names)! orders each
+    name is first (right after the paired HTTP request) as often as any other, and follows
+    each other name as often."""
+    return itertools.cycle(itertools.permutations(names))
+
+
 def _call_each_layout(
-    sessions: dict[str, LoadedEmbeddingModel], x: Array, times: dict[str, list[float]]
+    sessions: dict[str, LoadedEmbeddingModel],
+    orders: Iterator[tuple[str, ...]],
+    x: Array,
+    times: dict[str, list[float]],
 ) -> None:
-    for name, session in sessions.items():
+    for name in next(orders):
         started = time.perf_counter()
-        session.run(x)
+        sessions[name].run(x)
         times[name].append(time.perf_counter() - started)
 
 

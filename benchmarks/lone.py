@@ -2,7 +2,8 @@
 simulated accelerator (W=1), split by the server's own histograms, and what this machine
 charges any code that runs once every few milliseconds instead of back to back.
 
-    python -m benchmarks.lone [--seconds 6] [--real SECONDS] [--out BENCHMARKS.md]
+    python -m benchmarks.lone [--seconds 6] [--real SECONDS] [--bare-order SECONDS]
+                              [--out BENCHMARKS.md]
 
 Photofield's indexing speed on an accelerator is 4 ÷ the round trip (issue #11's "lone
 overhead": the round trip minus the model call). The server's histograms give each stage's mean
@@ -15,12 +16,14 @@ what the server's request timer does not see is the client and the sockets.
 
 With `--real SECONDS`, also #12's lone rows on the real generated ViT-B/32 float32 models: a
 thumbnail and a search at C=1 against one bare batch-1 call in each thread layout, paired
-request by request for SECONDS per kind (the full suite runs 40).
+request by request for SECONDS per kind (the full suite runs 40). With `--bare-order SECONDS`,
+the bare calls alone by turns, each layout's p50 by the call before it.
 
 The last table times single steps in this process, back to back and after an idle gap as
 long as a lone request's round trip: caches, branch predictors and idle cores that had time to
 cool make the same work slower, and a lone request pays that on every step. Its last row is
-the simulated call's own sleep as this machine sleeps it (timer slack and the wake-up): what of
+the simulated call's own sleep as this machine sleeps it (the wake-up; the sleep asks for no
+timer slack, runtime.simulated says why): what of
 the "lone overhead" (measured against the α + β asked) is the simulation's, not the server's.
 """
 
@@ -40,6 +43,7 @@ import numpy as np
 from benchmarks.accelerator import SIMULATED, simulated_call_s, start_accelerated
 from benchmarks.common import (
     Config,
+    bare_model,
     command_line,
     cpu_name,
     fmt_ms,
@@ -49,10 +53,13 @@ from benchmarks.common import (
     thumbnails,
 )
 from benchmarks.counters import histogram_mean, scrape
-from benchmarks.http_tables import lone_request_latency
+from benchmarks.http_tables import BARE_LAYOUTS, by_turns, lone_request_latency
 from benchmarks.load import run_load
 from photofield_ai.clip.preprocess import decode_and_crop
+from photofield_ai.families import KINDS
 from photofield_ai.imaging.decode import DecodeLimits
+from photofield_ai.runtime.simulated import wait_like_a_gpu
+from photofield_ai.testing.generate import generate
 from tests.images import jpeg
 
 
@@ -139,7 +146,7 @@ def cold_rows(gap_s: float) -> list[list[str]]:
     asked_s = simulated_call_s("256-px JPEG")
 
     def simulated_call(i: int) -> object:
-        time.sleep(asked_s)  # what SimulatedSession.run does, as this machine sleeps it
+        wait_like_a_gpu(asked_s)  # what SimulatedSession.run does, as this machine sleeps it
         return None
 
     rows = []
@@ -178,6 +185,48 @@ def real_rows(cfg: Config, seconds: float) -> list[list[str]]:
     return rows
 
 
+def order_rows(cfg: Config, seconds: float) -> list[list[str]]:
+    """The bare batch-1 calls of `BARE_LAYOUTS` taking turns in every order, for `seconds` per
+    model: p50 of each layout by the call made just before it. Interleaved call by call, so the
+    VM's drift hits every cell alike. If what a call follows changed what it costs, a pairing in
+    one fixed order would favour one layout; `lone_request_latency` lets them take turns."""
+    rows = []
+    paths = generate("vit-b-32", "float32", cfg.workdir / "models")
+    for kind, path in zip(KINDS, paths, strict=True):
+        sessions = {
+            name: bare_model(path, cfg.providers, kind, threads, spin)
+            for name, (threads, spin) in BARE_LAYOUTS.items()
+        }
+        x = next(iter(sessions.values())).encoder.example_input(1)
+        for session in sessions.values():
+            session.run(x)
+        times: dict[tuple[str, str], list[float]] = {}
+        orders = by_turns(sessions)
+        before = ""
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            for name in next(orders):
+                started = time.perf_counter()
+                sessions[name].run(x)
+                times.setdefault((name, before), []).append(time.perf_counter() - started)
+                before = name
+        for name in sessions:
+            rows.append(
+                [
+                    kind,
+                    name,
+                    *(
+                        fmt_ms(float(np.percentile(times[(name, b)], 50)))
+                        if times.get((name, b))
+                        else "-"
+                        for b in sessions
+                    ),
+                ]
+            )
+        del sessions
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -185,11 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="measuring window per kind")
     parser.add_argument("--gap-ms", type=float, default=4.0, help="idle gap for the second table")
     parser.add_argument("--real", type=float, default=0, metavar="SECONDS", help="see above")
+    parser.add_argument(
+        "--bare-order",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="also time the bare calls by turns, by the call before each, SECONDS per model",
+    )
     parser.add_argument("--out", type=Path, help="record in this BENCHMARKS.md")
     args = parser.parse_args(argv)
     cfg = Config(False, False, Path(".bench"), args.seconds, 1.0, 1)
     rows = [*lone_rows(cfg, "image"), *lone_rows(cfg, "text")]
     real = real_rows(cfg, args.real) if args.real else []
+    order = order_rows(cfg, args.bare_order) if args.bare_order else []
     cold = cold_rows(args.gap_ms / 1000)
     lines = [
         "## Where a lone request's round trip goes",
@@ -205,12 +262,25 @@ def main(argv: list[str] | None = None) -> int:
             [
                 f"The real generated ViT-B/32 float32 models (#12), {args.real:g} s per kind, "
                 "paired request by request (each HTTP request followed by one bare call in each "
-                "thread layout): C=1 p50 over HTTP against the bare calls' p50, and the "
-                "difference from the best of them (target ≤ +5 ms):",
+                "thread layout, the layouts taking turns in every order): C=1 p50 over HTTP "
+                "against the bare calls' p50, and the difference from the best of them "
+                "(target ≤ +5 ms):",
                 "",
                 *table(["request", "bare batch-1 call", "C=1 over HTTP", "vs the best"], real),
             ]
             if real
+            else []
+        ),
+        *(
+            [
+                f"The bare batch-1 calls alone, taking turns in every order for "
+                f"{args.bare_order:g} s per model: p50 in ms of each layout by the call made "
+                "just before it (the pairing above lets the layouts take turns, so none always "
+                "follows the same call).",
+                "",
+                *table(["model", "call", *(f"after {b}" for b in BARE_LAYOUTS)], order),
+            ]
+            if order
             else []
         ),
         f"The same steps in one process, back to back and after {args.gap_ms:g} ms of something "

@@ -2,6 +2,8 @@
 BENCHMARKS.md are only as good as the client that produced them."""
 
 import asyncio
+import collections
+import itertools
 import json
 import subprocess
 import sys
@@ -14,7 +16,8 @@ import pytest
 
 from benchmarks.ceiling import best_in_flight
 from benchmarks.counters import ServerCounters, histogram_mean, measure, scrape
-from benchmarks.in_flight import bare_layouts
+from benchmarks.http_tables import by_turns
+from benchmarks.in_flight import bare_layouts, best_bare
 from benchmarks.load import Workload, encode_requests, run_interleaved, run_load
 from photofield_ai.clip.wire import decode_embedding
 from tests.conftest import ServerProcess
@@ -89,6 +92,21 @@ def test_interleaved_requests_alternate_with_the_calls_they_are_paired_with(
     assert not result.latencies and result.errors[422] == len(events) >= 2
 
 
+def test_bare_layouts_take_turns_so_none_always_follows_the_same_call() -> None:
+    """What a bare call follows might change what it costs (`benchmarks.lone --bare-order`):
+    over each full cycle every layout comes first — right after the HTTP request — as often as
+    the others, and follows each other layout as often."""
+    names = ("1 thread", "default", "spinning")
+    orders = by_turns(names)
+    cycle = [next(orders) for _ in range(6)]
+    assert sorted(cycle) == sorted(itertools.permutations(names))
+    follows = collections.Counter(
+        (before, after) for order in cycle for before, after in itertools.pairwise(("HTTP", *order))
+    )
+    assert set(follows.values()) == {2} and len(follows) == 3 + 3 * 2
+    assert next(orders) == cycle[0]
+
+
 def test_server_counters_follow_the_work(server: ServerProcess) -> None:
     # Distinct texts: a repeated one would be a text-cache hit and never reach the model.
     texts = Workload("text", texts=tuple(f"a photo of thing {i}" for i in range(5000)))
@@ -151,6 +169,15 @@ def test_the_in_flight_benchmark_compares_only_layouts_that_fit_c() -> None:
         (2, 16),
     ]
     assert bare_layouts(4, 1, None) == [("1 call of 4, default threads", 0, 1, 4)]
+
+
+def test_the_in_flight_ratio_divides_by_the_best_layout_not_the_best_of_each_round() -> None:
+    """Two equally fast layouts measured with noise: the larger of each round overstates both,
+    so the headline divides by the layout with the highest mean."""
+    bare = {"one call of 4": [14.0, 12.0, 15.0, 13.0], "two calls of 2": [12.0, 14.0, 13.0, 15.0]}
+    layout, of_round = best_bare(bare)
+    assert layout == "one call of 4" and np.mean(bare[layout]) == 13.5
+    assert of_round == [14.0, 14.0, 15.0, 15.0] and np.mean(of_round) == 14.5
 
 
 def test_lone_stage_means_are_taken_between_two_scrapes(server: ServerProcess) -> None:
