@@ -16,9 +16,10 @@ followed by the bare windows at once, round after round, in an order that turns 
 no side always runs first, or right after another).
 
 The headline ratio is HTTP ÷ the bare layout with the highest mean over all rounds: the best
-layout, measured as often as the server. The best layout *of each round* is also shown, but its
-mean is biased low: the larger of two noisy measurements overshoots their mean (by about half a
-standard deviation — on this VM 5-10 % for 6-s windows), and the HTTP side has no such pick.
+layout, measured as often as the server. The best layout *of each round* is also shown, but
+dividing by it biases the ratio low: the larger of two noisy rates overshoots both layouts' true
+rate (by up to about half the spread of one window; 7 % on the run recorded on 66c13bd, where
+one layout was not clearly better), and the HTTP side has no such pick.
 """
 
 from __future__ import annotations
