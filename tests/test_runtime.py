@@ -2,6 +2,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from photofield_ai.runtime import ModelLoadError, OnnxSession, ProviderError, select_providers
 from photofield_ai.runtime.session import DISABLED_OPTIMIZERS
+from photofield_ai.runtime.threads import name_native_thread
 from photofield_ai.testing.generate import generate
 from tests.conftest import clip_model, start_server, tiny_env
 from tests.images import jpeg
@@ -301,3 +303,19 @@ def _spinning(options: ort.SessionOptions) -> tuple[str, str]:
         except Exception:  # onnxruntime raises when the entry was never set
             entries.append("")
     return entries[0], entries[1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names via prctl")
+def test_a_thread_names_itself_for_the_os_in_15_characters() -> None:
+    """`top -H` and per-thread CPU accounting show what each thread is for."""
+    seen: list[str] = []
+
+    def run() -> None:
+        name_native_thread("visual-inference_0")
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm") as comm:
+            seen.append(comm.read().strip())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == ["visual-inferenc"]

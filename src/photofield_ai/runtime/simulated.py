@@ -17,16 +17,15 @@ Defaults are calibrated to a datacenter GPU running ViT-B/32 in float16 (α = 1 
 from __future__ import annotations
 
 import ctypes
-import sys
 import time
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from photofield_ai.runtime.session import OutputInfo
+from photofield_ai.runtime.threads import PRCTL
 
 SCHEME = "simulated://"
 PROVIDER = "SimulatedAccelerator"
@@ -102,37 +101,23 @@ _ONNX_TYPES = {"float16": "tensor(float16)", "float32": "tensor(float)"}
 # a 1.03 ms sleep took 1.12 ms at the default slack and 1.07 ms at 1 ns (the rest is the wake-up).
 PR_SET_TIMERSLACK = 29
 PR_GET_TIMERSLACK = 30
-
-
-def _prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.restype = ctypes.c_int  # type: ignore[attr-defined]
-    prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]  # type: ignore[attr-defined]
-    return prctl
-
-
-_PRCTL = _prctl()
+_NO_ARGS = (ctypes.c_ulong(0),) * 4  # prctl takes four unsigned longs after the option
 
 
 def wait_like_a_gpu(seconds: float) -> None:
     """Sleep `seconds` without the timer slack, then give the calling thread its own back: the
     simulated call is charged what it asks, not the kernel's rounding (the event loop makes
     lone calls itself and keeps its slack for everything else)."""
-    if _PRCTL is None:
+    if PRCTL is None:
         time.sleep(seconds)
         return
-    slack = _PRCTL(PR_GET_TIMERSLACK, 0, 0, 0, 0)
-    _PRCTL(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    slack = PRCTL(PR_GET_TIMERSLACK, *_NO_ARGS)
+    PRCTL(PR_SET_TIMERSLACK, ctypes.c_ulong(1), *_NO_ARGS[1:])
     try:
         time.sleep(seconds)
     finally:
         if slack > 0:
-            _PRCTL(PR_SET_TIMERSLACK, slack, 0, 0, 0)
+            PRCTL(PR_SET_TIMERSLACK, ctypes.c_ulong(slack), *_NO_ARGS[1:])
 
 
 class SimulatedSession:

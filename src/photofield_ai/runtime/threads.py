@@ -12,6 +12,7 @@ privileges; elsewhere than Linux all of this does nothing.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import sys
@@ -44,18 +45,26 @@ def lower_current_thread(increment: int) -> bool:
 _PR_SET_NAME = 15
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    """prctl(2) from the C library, on Linux; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.restype = ctypes.c_int  # type: ignore[attr-defined]
+    return prctl
+
+
+PRCTL = _load_prctl()
+
+
 def name_native_thread(name: str) -> None:
     """Give the calling thread its name in the OS too (Linux: 15 characters), so `top -H`,
     `ps -L` and per-thread CPU accounting show what each thread is for."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    if PRCTL is not None:
+        PRCTL(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 def _start_worker(increment: int, name: str) -> None:
