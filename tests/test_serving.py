@@ -44,15 +44,15 @@ SRC = Path(photofield_ai.__file__).parent
 # -- layout: the one home of device defaults ----------------------------------------------------
 def test_thread_layout_defaults_per_device_and_model() -> None:
     """CPU (adaptive, the default): both CLIP models run one single-threaded batch per usable
-    CPU when busy and a lone batch on a second session with every core (the visual one's
-    threads spin during its calls); without it, the visual model one single-threaded batch per
-    CPU, the textual one a batch at a time on every core. An accelerator: two batches in
-    flight. Explicit settings win everywhere."""
+    CPU when busy and a lone batch on a second session with every core, whose threads spin
+    during its calls (the visual one's only in an idle server); without it, the visual model
+    one single-threaded batch per CPU, the textual one a batch at a time on every core. An
+    accelerator: two batches in flight. Explicit settings win everywhere."""
     cpus = usable_cpus()
     default = Settings()
     for kind in ("visual", "textual"):
         expected = (
-            ThreadLayout(1, cpus, 0, alone_spins=kind == "visual")
+            ThreadLayout(1, cpus, 0, alone_spins=True, alone_only_in_idle_server=kind == "visual")
             if cpus > 1
             else thread_layout(Settings(adaptive_layout=False), kind, False)
         )

@@ -48,10 +48,14 @@ CPU_VISUAL_THREADS = 1
 # model: its per-item cost hardly falls with batch size (BENCHMARKS.md section 1), so waiting
 # buys nothing there (measured: "compare" in BENCHMARKS.md).
 WAIT_FOR_EXPECTED_S = 0.02
-# CPU, adaptive, visual: the every-core session's threads spin during its calls (and stop when a
-# call returns), and it takes a lone batch only while no other request is in the server — so
-# never while /faces or decodes need the cores, where spinning cost thumbnails/s before.
-ALONE_SPINS_VISUAL = True
+# CPU, adaptive: the every-core sessions' threads spin during their calls and stop when a call
+# returns (no wake-up per parallel section). The visual one takes a lone batch only while no
+# other request is in the server — never while /faces or decodes need the cores, where spinning
+# cost thumbnails/s; the textual one takes any lone batch, as a search beside indexing is
+# meant to win the cores (search first), and under that rule a lone search lost its every-core
+# session whenever another search was being parsed (BENCHMARKS.md "compare").
+ALONE_SPINS = True
+ALONE_ONLY_IN_IDLE_SERVER = frozenset({"visual"})
 # Accelerator: a lone batch, with no other request in the server, is called on the event loop
 # itself while the model's recent lone calls took at most this long (batcher, inline_call_max_s):
 # the hops to an inference thread and back cost ~0.3 ms of a lone request's round trip, a GPU's
@@ -81,9 +85,10 @@ class ThreadLayout:
     intra_op_threads: int  # 0: ONNX Runtime's default, one per physical core
     concurrent_batches: int  # K
     alone_threads: int | None = None  # None: no second session
-    # The second session's threads spin during its calls, and it runs only a lone batch with
-    # no other request in the server (BatchPolicy.alone_only_in_idle_server).
-    alone_spins: bool = False
+    alone_spins: bool = False  # the second session's threads spin during its calls
+    # It runs a lone batch only with no other request in the server
+    # (BatchPolicy.alone_only_in_idle_server).
+    alone_only_in_idle_server: bool = False
 
 
 def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLayout:
@@ -96,7 +101,13 @@ def thread_layout(settings: Settings, kind: str, accelerated: bool) -> ThreadLay
     explicit = threads is not None or settings.max_concurrent_batches is not None
     if kind in ("visual", "textual") and adaptive(settings) and cpus > 1 and not explicit:
         # A busy queue: one single-threaded batch per core; a batch alone: every core.
-        return ThreadLayout(1, cpus, 0, alone_spins=kind == "visual" and ALONE_SPINS_VISUAL)
+        return ThreadLayout(
+            1,
+            cpus,
+            0,
+            alone_spins=ALONE_SPINS,
+            alone_only_in_idle_server=kind in ALONE_ONLY_IN_IDLE_SERVER,
+        )
     if kind == "visual":
         threads = threads or CPU_VISUAL_THREADS
         return ThreadLayout(threads, settings.max_concurrent_batches or max(1, cpus // threads))
@@ -130,7 +141,7 @@ def batch_policy(
         split_across_slots=adaptive_cpu,
         wait_for_expected_s=WAIT_FOR_EXPECTED_S if adaptive_cpu and kind == "visual" else 0.0,
         inline_call_max_s=inline_call_max_ms(settings, accelerated) / 1000.0,
-        alone_only_in_idle_server=layout.alone_spins,
+        alone_only_in_idle_server=layout.alone_only_in_idle_server,
     )
 
 
