@@ -9,6 +9,7 @@ import itertools
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from benchmarks.common import (
 )
 from benchmarks.counters import Activity, ServerCounters, measure, result_row
 from benchmarks.load import LoadResult, Workload, run_interleaved, run_load, run_mixed
-from photofield_ai.families import KINDS
+from photofield_ai.families import KINDS, Kind
 from photofield_ai.families.base import Array
 from photofield_ai.serving.loading import LoadedEmbeddingModel
 from photofield_ai.testing.generate import generate
@@ -171,14 +172,8 @@ def lone_request_latency(
     results: dict[str, LoneRequest] = {}
     try:
         for kind, path, workload in zip(KINDS, paths, (thumbnails(), searches()), strict=True):
-            sessions = {
-                name: bare_model(path, cfg.providers, kind, threads, spin)
-                for name, (threads, spin) in BARE_LAYOUTS.items()
-            }
-            x = next(iter(sessions.values())).encoder.example_input(1)
+            sessions, x = bare_layout_sessions(path, cfg.providers, kind)
             bare: dict[str, list[float]] = {name: [] for name in sessions}
-            for session in sessions.values():
-                session.run(x)
             before = ServerCounters.read(server, kind)
             orders = by_turns(sessions)
             call_each = functools.partial(_call_each_layout, sessions, orders, x, bare)
@@ -202,6 +197,21 @@ def lone_request_latency(
     finally:
         server.stop()
     return results
+
+
+def bare_layout_sessions(
+    path: Path, providers: list[str], kind: Kind
+) -> tuple[dict[str, LoadedEmbeddingModel], Array]:
+    """A session of the model in each of `BARE_LAYOUTS`, each called once (the first call
+    allocates), and the batch-1 input to call them with."""
+    sessions = {
+        name: bare_model(path, providers, kind, threads, spin)
+        for name, (threads, spin) in BARE_LAYOUTS.items()
+    }
+    x = next(iter(sessions.values())).encoder.example_input(1)
+    for session in sessions.values():
+        session.run(x)
+    return sessions, x
 
 
 def by_turns(names: Iterable[str]) -> Iterator[tuple[str, ...]]:

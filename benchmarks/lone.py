@@ -43,7 +43,6 @@ import numpy as np
 from benchmarks.accelerator import SIMULATED, simulated_call_s, start_accelerated
 from benchmarks.common import (
     Config,
-    bare_model,
     command_line,
     cpu_name,
     fmt_ms,
@@ -53,7 +52,12 @@ from benchmarks.common import (
     thumbnails,
 )
 from benchmarks.counters import histogram_mean, scrape
-from benchmarks.http_tables import BARE_LAYOUTS, by_turns, lone_request_latency
+from benchmarks.http_tables import (
+    BARE_LAYOUTS,
+    bare_layout_sessions,
+    by_turns,
+    lone_request_latency,
+)
 from benchmarks.load import run_load
 from photofield_ai.clip.preprocess import decode_and_crop
 from photofield_ai.families import KINDS
@@ -196,13 +200,7 @@ def order_rows(cfg: Config, seconds: float) -> list[list[str]]:
     rows = []
     paths = generate("vit-b-32", "float32", cfg.workdir / "models")
     for kind, path in zip(KINDS, paths, strict=True):
-        sessions = {
-            name: bare_model(path, cfg.providers, kind, threads, spin)
-            for name, (threads, spin) in BARE_LAYOUTS.items()
-        }
-        x = next(iter(sessions.values())).encoder.example_input(1)
-        for session in sessions.values():
-            session.run(x)
+        sessions, x = bare_layout_sessions(path, cfg.providers, kind)
         times: dict[tuple[str, str], list[float]] = {}
         orders = by_turns(sessions)
         before = ""
