@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.accelerator import SIMULATED
 from benchmarks.common import (
     MODEL_PATH_ONLY,
@@ -45,6 +47,7 @@ class Tally:
     requests: int = 0
     seconds: float = 0.0
     per_round_ms: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
 
 
 def _server(workdir: Path, src: Path, workers: int, env: dict[str, str]) -> ServerProcess:
@@ -95,6 +98,7 @@ def compare(
                 tally.requests += n
                 tally.seconds += s
                 tally.per_round_ms.append(1000 * cpu / max(1, n))
+                tally.latencies += result.latencies
     finally:
         for server in servers.values():
             server.stop()
@@ -104,6 +108,7 @@ def compare(
             str(workers),
             str(concurrency),
             f"{t.requests / t.seconds:.0f}",
+            f"{1000 * float(np.percentile(t.latencies, 50)):.2f}" if t.latencies else "-",
             f"{1000 * t.cpu_s / max(1, t.requests):.2f}",
             f"{1000 * t.inference_s / max(1, t.requests):.2f}" if workers > 1 else "-",
             ", ".join(f"{ms:.2f}" for ms in t.per_round_ms),
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "W",
         "C",
         "req/s",
+        "p50 (ms)",
         "CPU / request (ms)",
         "of which the inference process (ms)",
         "per round (ms)",
