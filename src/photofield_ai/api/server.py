@@ -36,6 +36,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from photofield_ai.api.transport import CoalescingTransport
 from photofield_ai.config import Settings
 from photofield_ai.metrics import Metrics
 from photofield_ai.runtime.threads import run_event_loop
@@ -137,7 +138,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     # -- uvicorn's protocol callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # A response's head and body in one write (api.transport says why).
+        super().connection_made(CoalescingTransport(transport, self.loop))
         self.metrics.http_connections.inc()
         if len(self.connections) > self.limits.max_connections:
             self._close("too_many_connections", TOO_MANY_CONNECTIONS)
