@@ -1,5 +1,6 @@
 """api.transport: a response's head and body leave in one write. On real transports (a socket
-pair; the server's own loop), with the inner transport's writes counted by a pass-through."""
+pair on asyncio's loop and on uvloop's, which the server runs; the server itself), with the
+inner transport's writes counted by a pass-through."""
 
 from __future__ import annotations
 
@@ -39,9 +40,19 @@ class CountedWrites:
 
 
 Scenario = Callable[[CoalescingTransport, CountedWrites], Awaitable[None]]
+Loop = Callable[[Awaitable[list[bytes]]], list[bytes]]
 
 
-def on_socket_pair(scenario: Scenario) -> tuple[list[bytes], bytes]:
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run_loop(request: pytest.FixtureRequest) -> Loop:
+    """How a scenario's event loop runs: asyncio's own, or uvloop's (the server's)."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.run  # type: ignore[no-any-return]
+    return asyncio.run  # type: ignore[return-value]
+
+
+def on_socket_pair(scenario: Scenario, run_loop: Loop) -> tuple[list[bytes], bytes]:
     """Run `scenario` on a CoalescingTransport over one end of a socket pair; the inner
     transport's writes and every byte the other end received."""
     ours, theirs = socket.socketpair()
@@ -55,7 +66,7 @@ def on_socket_pair(scenario: Scenario) -> tuple[list[bytes], bytes]:
         return counted.writes
 
     try:
-        writes = asyncio.run(run())
+        writes = run_loop(run())
         theirs.settimeout(2)
         received = b""
         try:
@@ -68,30 +79,30 @@ def on_socket_pair(scenario: Scenario) -> tuple[list[bytes], bytes]:
         theirs.close()
 
 
-def test_head_and_body_leave_in_one_write() -> None:
+def test_head_and_body_leave_in_one_write(run_loop: Loop) -> None:
     async def scenario(transport: CoalescingTransport, counted: CountedWrites) -> None:
         transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
         assert counted.writes == []  # held until the body comes
         transport.write(b"{}")
         transport.close()
 
-    writes, received = on_socket_pair(scenario)
+    writes, received = on_socket_pair(scenario, run_loop)
     assert writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
     assert received == writes[0]
 
 
-def test_a_lone_write_leaves_at_the_end_of_the_turn() -> None:
+def test_a_lone_write_leaves_at_the_end_of_the_turn(run_loop: Loop) -> None:
     async def scenario(transport: CoalescingTransport, counted: CountedWrites) -> None:
         transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         await asyncio.sleep(0)
         assert counted.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
         transport.close()
 
-    writes, received = on_socket_pair(scenario)
+    writes, received = on_socket_pair(scenario, run_loop)
     assert received == b"HTTP/1.1 100 Continue\r\n\r\n" and len(writes) == 1
 
 
-def test_streamed_chunks_keep_their_order_and_bytes() -> None:
+def test_streamed_chunks_keep_their_order_and_bytes(run_loop: Loop) -> None:
     chunks = [b"head;", b"one;", b"two;", b"three"]
 
     async def scenario(transport: CoalescingTransport, counted: CountedWrites) -> None:
@@ -101,12 +112,12 @@ def test_streamed_chunks_keep_their_order_and_bytes() -> None:
         transport.write(b";later")
         transport.close()
 
-    writes, received = on_socket_pair(scenario)
+    writes, received = on_socket_pair(scenario, run_loop)
     assert received == b"".join(chunks) + b";later"
     assert writes == [b"head;one;", b"two;three", b";later"]
 
 
-def test_close_writes_what_is_held_and_abort_drops_it() -> None:
+def test_close_writes_what_is_held_and_abort_drops_it(run_loop: Loop) -> None:
     async def closed(transport: CoalescingTransport, counted: CountedWrites) -> None:
         transport.write(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")
         transport.close()
@@ -117,17 +128,17 @@ def test_close_writes_what_is_held_and_abort_drops_it() -> None:
         transport.abort()
         await asyncio.sleep(0)  # the turn's flush finds nothing held
 
-    assert on_socket_pair(closed)[1] == b"HTTP/1.1 503 Service Unavailable\r\n\r\n"
-    assert on_socket_pair(aborted) == ([], b"")
+    assert on_socket_pair(closed, run_loop)[1] == b"HTTP/1.1 503 Service Unavailable\r\n\r\n"
+    assert on_socket_pair(aborted, run_loop) == ([], b"")
 
 
-def test_nothing_is_written_to_a_connection_already_closing() -> None:
+def test_nothing_is_written_to_a_connection_already_closing(run_loop: Loop) -> None:
     async def scenario(transport: CoalescingTransport, counted: CountedWrites) -> None:
         transport.write(b"held")
         counted.inner.close()  # the peer went away; uvicorn closes the real transport
         transport.flush()
 
-    assert on_socket_pair(scenario) == ([], b"")
+    assert on_socket_pair(scenario, run_loop) == ([], b"")
 
 
 def test_every_keep_alive_response_is_one_write(
