@@ -16,7 +16,6 @@ Defaults are calibrated to a datacenter GPU running ViT-B/32 in float16 (α = 1 
 
 from __future__ import annotations
 
-import ctypes
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from photofield_ai.runtime.session import OutputInfo
-from photofield_ai.runtime.threads import PRCTL
+from photofield_ai.runtime.threads import prctl
 
 SCHEME = "simulated://"
 PROVIDER = "SimulatedAccelerator"
@@ -101,23 +100,22 @@ _ONNX_TYPES = {"float16": "tensor(float16)", "float32": "tensor(float)"}
 # a 1.03 ms sleep took 1.12 ms at the default slack and 1.07 ms at 1 ns (the rest is the wake-up).
 PR_SET_TIMERSLACK = 29
 PR_GET_TIMERSLACK = 30
-_NO_ARGS = (ctypes.c_ulong(0),) * 4  # prctl takes four unsigned longs after the option
 
 
 def wait_like_a_gpu(seconds: float) -> None:
     """Sleep `seconds` without the timer slack, then give the calling thread its own back: the
     simulated call is charged what it asks, not the kernel's rounding (the event loop makes
     lone calls itself and keeps its slack for everything else)."""
-    if PRCTL is None:
+    slack = prctl(PR_GET_TIMERSLACK)
+    if slack is None:
         time.sleep(seconds)
         return
-    slack = PRCTL(PR_GET_TIMERSLACK, *_NO_ARGS)
-    PRCTL(PR_SET_TIMERSLACK, ctypes.c_ulong(1), *_NO_ARGS[1:])
+    prctl(PR_SET_TIMERSLACK, 1)
     try:
         time.sleep(seconds)
     finally:
         if slack > 0:
-            PRCTL(PR_SET_TIMERSLACK, ctypes.c_ulong(slack), *_NO_ARGS[1:])
+            prctl(PR_SET_TIMERSLACK, slack)
 
 
 class SimulatedSession:

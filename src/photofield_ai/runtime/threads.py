@@ -57,14 +57,23 @@ def _load_prctl() -> Callable[..., int] | None:
     return prctl
 
 
-PRCTL = _load_prctl()
+_PRCTL = _load_prctl()
+_UNUSED = (ctypes.c_ulong(0),) * 3  # prctl takes four unsigned longs after the option
+
+
+def prctl(option: int, arg: int | bytes = 0) -> int | None:
+    """prctl(2) with its one argument (an integer, or a string), the unused ones zero and every
+    one of them passed as the unsigned long the kernel reads; None where there is no prctl."""
+    if _PRCTL is None:
+        return None
+    value = ctypes.c_char_p(arg) if isinstance(arg, bytes) else ctypes.c_ulong(arg)
+    return _PRCTL(option, value, *_UNUSED)
 
 
 def name_native_thread(name: str) -> None:
     """Give the calling thread its name in the OS too (Linux: 15 characters), so `top -H`,
     `ps -L` and per-thread CPU accounting show what each thread is for."""
-    if PRCTL is not None:
-        PRCTL(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    prctl(_PR_SET_NAME, name.encode()[:15])
 
 
 def _start_worker(increment: int, name: str) -> None:
