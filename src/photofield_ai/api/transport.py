@@ -27,7 +27,6 @@ class CoalescingTransport(asyncio.Transport):
         self._transport = transport
         self._loop = loop
         self._held: bytes | None = None
-        self._flush_at_turn_end: asyncio.Handle | None = None
 
     # -- writes -------------------------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -35,10 +34,10 @@ class CoalescingTransport(asyncio.Transport):
             return
         if self._held is None:
             self._held = bytes(data)
-            self._flush_at_turn_end = self._loop.call_soon(self.flush)
+            # Whatever is still held when this turn ends (often nothing: the body took it).
+            self._loop.call_soon(self.flush)
             return
         held, self._held = self._held, None
-        self._cancel_flush()
         self._transport.write(held + bytes(data))
 
     def writelines(self, list_of_data: Any) -> None:
@@ -46,15 +45,9 @@ class CoalescingTransport(asyncio.Transport):
 
     def flush(self) -> None:
         """Write what is held now (nothing, to a connection already closing)."""
-        self._cancel_flush()
         held, self._held = self._held, None
         if held is not None and not self._transport.is_closing():
             self._transport.write(held)
-
-    def _cancel_flush(self) -> None:
-        if self._flush_at_turn_end is not None:
-            self._flush_at_turn_end.cancel()
-            self._flush_at_turn_end = None
 
     def write_eof(self) -> None:
         self.flush()
@@ -78,7 +71,6 @@ class CoalescingTransport(asyncio.Transport):
         self._transport.close()
 
     def abort(self) -> None:
-        self._cancel_flush()
         self._held = None
         self._transport.abort()
 
