@@ -58,9 +58,7 @@ def _server(workdir: Path, src: Path, workers: int, env: dict[str, str]) -> Serv
         120,
         PYTHONPATH=str(src),
         PHOTOFIELD_AI_WORKERS=str(workers),
-        **SIMULATED,
-        **MODEL_PATH_ONLY,
-        **env,
+        **{**SIMULATED, **MODEL_PATH_ONLY, **env},  # env may set a model (--head-env)
     )
 
 
