@@ -36,10 +36,12 @@ from photofield_ai.imaging.resize import resize_bicubic
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_SCALE = (1.0 / (255.0 * np.asarray(CLIP_STD, dtype=np.float32))).astype(np.float32)
-_BIAS = (-np.asarray(CLIP_MEAN, dtype=np.float32) / np.asarray(CLIP_STD, dtype=np.float32)).astype(
-    np.float32
-)
+# normalize() as pixel × scale + bias per channel, in float32: the CPU's arithmetic, and what
+# runtime.graph puts into a float visual model that is made to take uint8 pixels.
+NORMALIZE_SCALE = (1.0 / (255.0 * np.asarray(CLIP_STD, dtype=np.float32))).astype(np.float32)
+NORMALIZE_BIAS = (
+    -np.asarray(CLIP_MEAN, dtype=np.float32) / np.asarray(CLIP_STD, dtype=np.float32)
+).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,8 @@ def choose_dct_scale(width: int, height: int, size: int) -> tuple[int, int]:
 def normalize(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     """HWC uint8 RGB → CHW float32 normalized with CLIP's mean and std."""
     chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
-    chw *= _SCALE[:, None, None]
-    chw += _BIAS[:, None, None]
+    chw *= NORMALIZE_SCALE[:, None, None]
+    chw += NORMALIZE_BIAS[:, None, None]
     return chw
 
 

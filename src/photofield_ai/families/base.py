@@ -10,7 +10,7 @@ worker threads and hands the rows to the batcher.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -88,6 +88,11 @@ class Encoder(ABC):
 
 class ImageEncoder(Encoder):
     kind: ClassVar[Kind] = "visual"
+    # What a float input of this family expects of 0-255 pixels, per channel: (scale, bias) of
+    # pixel × scale + bias. With it a float model can be made to take uint8 pixels, the
+    # normalization moved into its graph (runtime.graph; the encoder must then take uint8
+    # input too). None: the family's models are loaded as they are.
+    pixel_normalization: ClassVar[tuple[Sequence[float], Sequence[float]] | None] = None
 
     @abstractmethod
     def preprocess(self, data: bytes, limits: DecodeLimits) -> Array:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from photofield_ai.clip.preprocess import decode_and_crop, preprocess_image
+from photofield_ai.clip.preprocess import (
+    NORMALIZE_BIAS,
+    NORMALIZE_SCALE,
+    decode_and_crop,
+    preprocess_image,
+)
 from photofield_ai.clip.tokenizer import ClipTokenizer
 from photofield_ai.families.base import (
     Array,
@@ -78,7 +83,10 @@ def _square_side(shape: list[int | str | None], height: int, width: int) -> int 
 class ClipImageEncoder(ImageEncoder):
     """Two input layouts: the clip-variants files' normalized float [batch, 3, S, S] (the CPU
     normalizes), or uint8 RGB pixels [batch, S, S, 3] for a model that normalizes itself (the
-    CPU neither computes nor copies float pixels; a quarter of the bytes per item)."""
+    CPU neither computes nor copies float pixels; a quarter of the bytes per item). A float
+    file is turned into the second kind at load when the settings ask (runtime.graph)."""
+
+    pixel_normalization = (tuple(NORMALIZE_SCALE.tolist()), tuple(NORMALIZE_BIAS.tolist()))
 
     @classmethod
     def inspect(cls, session: Session, family: str) -> ModelSpec:

@@ -1,14 +1,17 @@
 """One ONNX Runtime session with this project's options, for any single-input model.
 
 Model files come in float32, float16 and quantized flavours: image input may be float16 or
-float32, token input int32 or int64. Everything above this module hands over float32 images and
-int64 tokens; `OnnxSession.run` casts them to what the file declares. What a model *is* (a CLIP
+float32 (or uint8 pixels, for a model that normalizes in its graph), token input int32 or int64.
+Everything above this module hands over float32 images (or uint8 pixels) and int64 tokens;
+`OnnxSession.run` casts them to what the file declares. What a model *is* (a CLIP
 tower, a face detector) is decided above, by the family or pipeline that uses it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +33,7 @@ NUMPY_TYPES: dict[str, type[np.generic]] = {
     "tensor(double)": np.float64,
     "tensor(int32)": np.int32,
     "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
 }
 
 # ONNX Runtime >= 1.23 on x86-64 dereferences a null schema inside the NchwcTransformer while
@@ -56,11 +60,21 @@ class ModelLoadError(RuntimeError):
     """The file is missing, not ONNX, or not the model it was configured as; one line."""
 
 
+# The model's graph rewritten before it is loaded (runtime.graph): (model, destination) → True
+# when the rewritten model was saved to the destination, False to load the model as it is.
+Rewrite = Callable[[Path, Path], bool]
+
+
 def open_session(
-    path: Path, providers: list[str], intra_op_threads: int = 0, spin_during_calls: bool = False
+    path: Path,
+    providers: list[str],
+    intra_op_threads: int = 0,
+    spin_during_calls: bool = False,
+    rewrite: Rewrite | None = None,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session with this project's options, or a one-line ModelLoadError.
-    `intra_op_threads` = 0 lets ONNX Runtime use one thread per physical core.
+    `intra_op_threads` = 0 lets ONNX Runtime use one thread per physical core; `rewrite`
+    changes the graph first (runtime.graph).
 
     Worker threads do not spin by default: spinning threads burn the cores the other model's
     session and the decoders need. With `spin_during_calls` they spin between the parallel
@@ -78,16 +92,32 @@ def open_session(
     if spin_during_calls:
         options.add_session_config_entry("session.force_spinning_stop", "1")
     try:
-        return ort.InferenceSession(
-            str(path),
-            options,
-            providers=providers,
-            disabled_optimizers=list(DISABLED_OPTIMIZERS),
-        )
+        with contextlib.ExitStack() as scratch:
+            load = path if rewrite is None else _rewritten(path, rewrite, scratch)
+            return ort.InferenceSession(
+                str(load),
+                options,
+                providers=providers,
+                disabled_optimizers=list(DISABLED_OPTIMIZERS),
+            )
     except Exception as exc:  # onnxruntime raises several private exception types
         text = str(exc).strip()
         first_line = text.splitlines()[0] if text else type(exc).__name__
         raise ModelLoadError(f"cannot load model {path}: {first_line}") from None
+
+
+def _rewritten(path: Path, rewrite: Rewrite, scratch: contextlib.ExitStack) -> Path:
+    """The file to load: `path` rewritten into a temporary directory that lasts as long as
+    `scratch` (ONNX Runtime has read it all once the session exists), or `path` itself when
+    there is nothing to rewrite or no room for the copy (the model as it is still works)."""
+    try:
+        directory = scratch.enter_context(tempfile.TemporaryDirectory(prefix="photofield-ai-"))
+        target = Path(directory) / path.name
+        if rewrite(path, target):
+            return target
+    except OSError as exc:
+        log.warning("%s: not rewritten (%s); loading it as it is", path, exc)
+    return path
 
 
 class Session(Protocol):
@@ -127,13 +157,16 @@ class OnnxSession:
         providers: list[str],
         intra_op_threads: int = 0,
         spin_during_calls: bool = False,
+        rewrite: Rewrite | None = None,
     ) -> None:
         self.path = path
         self.intra_op_threads = intra_op_threads
         self.spin_during_calls = spin_during_calls
+        # Applied again at every load after an idle unload: the rewritten bytes are not kept.
+        self.rewrite = rewrite
         self._requested_providers = list(providers)
         self._session: ort.InferenceSession | None = open_session(
-            path, providers, intra_op_threads, spin_during_calls
+            path, providers, intra_op_threads, spin_during_calls, rewrite
         )
         self._lock = threading.Lock()
         self._running = 0
@@ -177,7 +210,11 @@ class OnnxSession:
         if self._session is None:
             started = time.perf_counter()
             self._session = open_session(
-                self.path, self._requested_providers, self.intra_op_threads, self.spin_during_calls
+                self.path,
+                self._requested_providers,
+                self.intra_op_threads,
+                self.spin_during_calls,
+                self.rewrite,
             )
             if self.on_load is not None:
                 self.on_load(time.perf_counter() - started)

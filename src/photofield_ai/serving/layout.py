@@ -145,6 +145,17 @@ def batch_policy(
     )
 
 
+def pixel_input(settings: Settings, accelerated: bool) -> bool:
+    """Rewrite a float visual model to take uint8 pixels (runtime.graph)? By default with an
+    accelerator, where the work around the model is the limit and float pixels cost ~0.8 ms of
+    CPU per thumbnail (BENCHMARKS.md "compare"); not on a CPU, where that is under 1 % of a
+    thumbnail's model call and the rewrite would add seconds to loading both of the adaptive
+    layout's sessions."""
+    if settings.pixel_input is not None:
+        return settings.pixel_input
+    return accelerated
+
+
 def inline_call_max_ms(settings: Settings, accelerated: bool) -> float:
     if settings.inline_call_max_ms is not None:
         return settings.inline_call_max_ms
@@ -207,6 +218,7 @@ def describe_defaults() -> dict[str, str]:
             "core); GPU: ONNX Runtime's choice"
         ),
         "inline_call_max_ms": f"{INLINE_CALL_MAX_MS:g} with an accelerator, 0 on CPU",
+        "pixel_input": "on with an accelerator, off on CPU",
         "workers": "1 on CPU; with an accelerator, one per usable CPU",
         "adaptive_layout": "on (CPU, both CLIP models, unless threads or K are set)",
         "decode_threads": "with one worker, the usable CPUs (at least 2); else CPUs ÷ workers",

@@ -20,8 +20,9 @@ from photofield_ai.runtime import (
     available_providers,
     select_providers,
 )
+from photofield_ai.runtime.graph import with_pixel_input
 from photofield_ai.runtime.providers import uses_accelerator
-from photofield_ai.runtime.session import Session
+from photofield_ai.runtime.session import Rewrite, Session
 from photofield_ai.runtime.simulated import PROVIDER as SIMULATED_PROVIDER
 from photofield_ai.runtime.simulated import (
     SimulatedLocationError,
@@ -31,7 +32,7 @@ from photofield_ai.runtime.simulated import (
 )
 from photofield_ai.runtime.simulated import parse as parse_simulated
 from photofield_ai.runtime.threads import call_in_lowered_thread
-from photofield_ai.serving.layout import thread_layout
+from photofield_ai.serving.layout import pixel_input, thread_layout
 
 log = logging.getLogger("photofield_ai")
 # Start-up problems a user can fix: one line on stderr and a non-zero exit, never a traceback.
@@ -188,6 +189,15 @@ class LoadedEmbeddingModel:
         )
 
 
+def pixel_rewrite(family: ModelFamily, kind: Kind) -> Rewrite | None:
+    """The rewrite that makes a `kind` model of `family` take uint8 pixels, if there is one."""
+    normalization = family.image.pixel_normalization if kind == "visual" else None
+    if normalization is None:
+        return None
+    scale, bias = normalization
+    return functools.partial(with_pixel_input, scale=scale, bias=bias)
+
+
 def load_embedding_model(
     location: ModelLocation,
     providers: list[str],
@@ -198,11 +208,14 @@ def load_embedding_model(
     alone_threads: int | None = None,
     spin_during_calls: bool = False,
     alone_spins: bool = False,
+    pixel_input: bool = False,
 ) -> LoadedEmbeddingModel:
     """Open the model and check that it is a `kind` model of `family`; with `alone_threads`,
     a second session of it with those threads (the adaptive layout), whose threads spin during
     its calls with `alone_spins`. `spin_during_calls` (runtime.session.open_session) is for the
-    benchmarks' bare calls; the server's batch sessions never spin.
+    benchmarks' bare calls; the server's batch sessions never spin. With `pixel_input`, a float
+    image model of a family that says how it normalizes is rewritten to take uint8 pixels
+    (runtime.graph).
     `session_type` lets tests slow down or break the session (a subclass) while everything
     else stays real."""
     session: Session
@@ -210,9 +223,10 @@ def load_embedding_model(
     if isinstance(location, SimulatedModel):
         session = SimulatedSession(location, providers, intra_op_threads)
     else:
-        session = session_type(location, providers, intra_op_threads, spin_during_calls)
+        rewrite = pixel_rewrite(family, kind) if pixel_input else None
+        session = session_type(location, providers, intra_op_threads, spin_during_calls, rewrite)
         if alone_threads is not None:
-            alone = session_type(location, providers, alone_threads, alone_spins)
+            alone = session_type(location, providers, alone_threads, alone_spins, rewrite)
     return LoadedEmbeddingModel(session, family.encoder(family.inspect(session, kind)), alone)
 
 
@@ -258,6 +272,7 @@ def load_models(settings: Settings, progress: IO[str] | None = None) -> LoadedMo
                 layout.intra_op_threads,
                 alone_threads=layout.alone_threads,
                 alone_spins=layout.alone_spins,
+                pixel_input=pixel_input(settings, accelerated),
             ),
         )
     faces = load_face_models(settings, providers, progress)
