@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,3 +174,56 @@ def test_declared_pixels_read_jpeg_headers_with_libjpeg_turbo_and_agree_with_pil
     assert declared_pixels(hostile.jpeg_claiming(30000, 20000)) == 600_000_000
     for junk in (b"", b"\xff\xd8", b"\xff\xd8\xff\xe0 not a jpeg", b"GIF89a", b"plain text"):
         assert declared_pixels(junk) is None
+
+
+def test_a_threads_reused_decompressor_decodes_as_pyturbojpeg_does() -> None:
+    """jpeg_rgb (one decompressor per thread) gives PyTurboJPEG's own pixels at every DCT
+    scale, and a damaged file between good ones neither passes nor spoils the next decode."""
+    import turbojpeg
+
+    from photofield_ai.imaging import decode
+
+    turbo: Any = decode._turbojpeg()
+    assert turbo is not None and decode._TJPF_RGB == turbojpeg.TJPF_RGB
+    good = encode(photo(333, 250, seed=4), "JPEG", quality=90)
+    damaged = good[: len(good) // 2]
+    for scale in ((1, 1), (1, 2), (1, 4), (1, 8)):
+        expected = turbo.decode(good, pixel_format=turbojpeg.TJPF_RGB, scaling_factor=scale)
+        for _ in range(2):
+            np.testing.assert_array_equal(decode.jpeg_rgb(turbo, good, *scale), expected)
+            with pytest.raises(decode.DamagedJpegError):
+                decode.jpeg_rgb(turbo, damaged, *scale)
+        with pytest.raises(OSError):  # not a JPEG at all: a fatal error, and then a good one
+            decode.jpeg_rgb(turbo, b"\xff\xd8" + b"\x00" * 100, *scale)
+        np.testing.assert_array_equal(decode.jpeg_rgb(turbo, good, *scale), expected)
+    assert decode.jpeg_size(turbo, good) == (333, 250)
+
+
+def test_each_thread_has_its_own_decompressor_and_frees_it() -> None:
+    """Threads decoding at once get correct pixels (no handle is shared), and a thread's
+    decompressor goes with the thread."""
+    import weakref
+
+    from photofield_ai.imaging import decode
+
+    turbo: Any = decode._turbojpeg()
+    images = [encode(photo(200 + i, 150, seed=i), "JPEG", quality=85) for i in range(4)]
+    expected = [decode.jpeg_rgb(turbo, data, 1, 1) for data in images]
+    failures: list[str] = []
+    handles: list[Any] = []
+
+    def work(i: int) -> None:
+        for n in range(40):
+            k = (i + n) % len(images)
+            if not np.array_equal(decode.jpeg_rgb(turbo, images[k], 1, 1), expected[k]):
+                failures.append(f"thread {i}, image {k}")
+        handles.append(weakref.ref(decode._thread.decompressor))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert len({id(ref) for ref in handles}) == 4
+    assert all(ref() is None for ref in handles), "a finished thread's decompressor is freed"
