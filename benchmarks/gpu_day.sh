@@ -22,21 +22,22 @@ version=${ORT_GPU_VERSION:-1.31.1}
 part_bytes=$((56 * 1024 * 1024))  # + the working tree (~2 MiB) under the 64 MiB a call carries
 # photofield-ai's dependencies with the GPU build of ONNX Runtime, less PyTurboJPEG (below).
 binary_deps="onnxruntime-gpu==$version starlette python-multipart uvicorn httptools uvloop numpy
-    Pillow opencv-python-headless pillow-heif anyio huggingface-hub prometheus-client ftfy regex"
+    Pillow opencv-python-headless pillow-heif anyio huggingface-hub prometheus-client ftfy regex
+    onnx"
 
 prepare() {
     rm -rf "$gpu_dir/wheels" "$gpu_dir/parts"
     mkdir -p "$gpu_dir/wheels" "$gpu_dir/parts"
     # PyTurboJPEG 1.x is published as an sdist only: build its (pure Python) wheel here.
     python3 -m pip wheel --quiet --no-deps --wheel-dir "$gpu_dir/wheels" . "PyTurboJPEG>=1.7,<2"
-    # The runtime dependencies, the model generator (onnx) and what the benchmark client needs,
+    # The runtime dependencies, the model generator's and what the benchmark client needs,
     # as binary wheels for the device's Python (numpy comes with PyTorch there, but a matching
     # one is taken along in case).
     python3 -m pip download --quiet --dest "$gpu_dir/wheels" --only-binary=:all: \
         --python-version 3.12 --implementation cp --abi cp312 \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform any \
-        $binary_deps onnx onnxconverter-common httpx pyyaml
+        $binary_deps onnxconverter-common httpx pyyaml
     # libturbojpeg itself (PyTurboJPEG's C library) from this machine, in case the device has
     # none; without it decoding falls back to Pillow and the numbers say less.
     turbo=$(ldconfig -p | awk '/libturbojpeg\.so\.0 .*x86-64/ {print $NF; exit}')
@@ -65,7 +66,7 @@ bench() {
     "$gpu_dir/venv/bin/pip" install --quiet --no-index --find-links "$gpu_dir/wheels" \
         --no-deps photofield-ai
     "$gpu_dir/venv/bin/pip" install --quiet --no-index --find-links "$gpu_dir/wheels" \
-        $binary_deps PyTurboJPEG onnx onnxconverter-common httpx pyyaml
+        $binary_deps PyTurboJPEG onnxconverter-common httpx pyyaml
     # ONNX Runtime finds CUDA and cuDNN in the nvidia-* wheels PyTorch brought along.
     libs=$("$gpu_dir/venv/bin/python" - <<'EOF'
 import glob, os, site

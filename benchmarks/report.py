@@ -134,7 +134,13 @@ def header(cfg: Config, command: str, minutes: float, dtype: str) -> list[str]:
         f"numpy {np.__version__}, Python {platform.python_version()}, providers "
         f"{', '.join(cfg.providers)}",
         f"- Models: generated `vit-b-32` (CLIP ViT-B/32 layer shapes, random weights; "
-        f"{flops:.2f} GFLOPs per image, {text_flops:.2f} per text), {dtype} for the HTTP runs",
+        f"{flops:.2f} GFLOPs per image, {text_flops:.2f} per text), {dtype} for the HTTP runs"
+        + (
+            "; the server's visual model rewritten to take uint8 pixels "
+            "(PHOTOFIELD_AI_PIXEL_INPUT, on with an accelerator)"
+            if cfg.gpu
+            else ""
+        ),
         "- The load generator runs on the same machine as the server and takes CPU from it.",
         "",
     ]
