@@ -694,7 +694,7 @@ def make_inline(
     batcher = DynamicBatcher(
         "visual",
         model,
-        policy(**{"inline_call_max_s": 0.2, **overrides}),
+        policy(**{"inline_call_max_s": 0.2, "inline_in_submit": True, **overrides}),
         metrics.for_batcher("visual") if metrics else None,
         inline_allowed=allowed,
     )
@@ -762,13 +762,21 @@ async def test_no_call_on_the_event_loop_unless_enabled_allowed_and_lone() -> No
     await lone_calls(batcher, range(1))
     assert model.threads[-1] == loop_thread
     await batcher.close(1)
-    # Not lone (another item waiting, or another batch in flight): on the threads.
+    # Not lone (another batch in flight, or items waiting behind it): on the threads.
+    allowed = True
     model = ThreadRecordingModel(delay=0.001)
-    batcher = make_inline(model, max_batch_size=1, max_concurrent_batches=2)
+    batcher = make_inline(
+        model, allowed=lambda: allowed, max_batch_size=1, max_concurrent_batches=2
+    )
     await lone_calls(batcher, range(LONE_CALLS_KEPT))
     model.threads.clear()
-    await asyncio.gather(*(batcher.submit(item(v)) for v in range(2)))
-    assert len(model.threads) == 2 and loop_thread not in model.threads
+    allowed, model.delay = False, 0.05  # the first one on its thread...
+    first = asyncio.ensure_future(batcher.submit(item(1)))
+    await wait_until_async(lambda: batcher.in_flight == 1, "the first batch runs")
+    allowed, model.delay = True, 0.001  # ...and the next ones, allowed, are still not lone
+    rest = [asyncio.ensure_future(batcher.submit(item(v))) for v in (2, 3)]
+    assert [float(r[0]) for r in await asyncio.gather(first, *rest)] == [2.0, 4.0, 6.0]
+    assert len(model.threads) == 3 and loop_thread not in model.threads
     await lone_calls(batcher, range(1))
     assert model.threads[-1] == loop_thread
     await batcher.close(1)
@@ -784,3 +792,62 @@ async def test_a_failing_call_on_the_event_loop_fails_its_batch_and_not_the_loop
     await lone_calls(batcher, range(2))
     assert batcher.idle
     await batcher.close(1)
+
+
+async def test_a_lone_request_allowed_on_the_loop_is_answered_before_submit_returns() -> None:
+    """The batch loop's wake-up, the batch's task and the handler's wake-up skipped: the
+    future comes back done, counted like any batch, and the batcher is idle again."""
+    model, metrics = ThreadRecordingModel(delay=0.001), Metrics()
+    batcher = make_inline(model, metrics)
+    await lone_calls(batcher, range(LONE_CALLS_KEPT))
+    answered = batcher.submit_many([item(4.0), item(5.0)])
+    assert answered.done() and [float(r[0]) for r in answered.result()] == [8.0, 10.0]
+    assert model.threads[-1] == threading.get_ident() and batcher.idle
+    assert sample(metrics, "photofield_ai_batches_on_event_loop_total") == 1
+    assert sample(metrics, "photofield_ai_batches_processed_total") == LONE_CALLS_KEPT + 1
+    assert sample(metrics, "photofield_ai_items_processed_total") == LONE_CALLS_KEPT + 2
+    assert sample(metrics, "photofield_ai_batches_in_flight") == 0
+    # Without inline_in_submit (one process: its loop also reads requests) the same lone
+    # batch is called on the loop by the batch loop, a turn later.
+    later = make_inline(model, inline_in_submit=False)
+    await lone_calls(later, range(LONE_CALLS_KEPT))
+    pending = later.submit_many([item(7.0)])
+    assert not pending.done() and float((await pending)[0][0]) == 14.0
+    assert model.threads[-1] == threading.get_ident()
+    await later.close(1)
+    # A failing call fails the request's future; submit_many itself does not raise.
+    model.fail_on = 6.0
+    failed = batcher.submit_many([item(6.0)])
+    assert failed.done() and isinstance(failed.exception(), BatchFailedError)
+    assert batcher.idle
+    await batcher.close(1)
+
+
+async def test_a_request_is_not_answered_at_once_beside_other_work() -> None:
+    """Not while another request is being decoded for this model, nor while the gate it
+    yields to is held: it is queued, and the batch loop serves it as before."""
+    model = ThreadRecordingModel(delay=0.001)
+    batcher = make_inline(model)
+    await lone_calls(batcher, range(LONE_CALLS_KEPT))
+    with batcher.preparing(2):  # this request's one item and another request's
+        queued = batcher.submit_many([item(1.0)])
+    assert not queued.done()
+    assert float((await queued)[0][0]) == 2.0
+    gate = PriorityGate(max_wait_s=0.05)
+    yielding = DynamicBatcher(
+        "visual",
+        model,
+        policy(inline_call_max_s=0.2, inline_in_submit=True),
+        yields_to=gate,
+        inline_allowed=lambda: True,
+    )
+    yielding.start()
+    await lone_calls(yielding, range(LONE_CALLS_KEPT))
+    gate.hold()
+    held = yielding.submit_many([item(2.0)])
+    assert not held.done()
+    assert float((await held)[0][0]) == 4.0  # after the gate's max wait
+    gate.release()
+    assert yielding.submit_many([item(3.0)]).done()
+    await batcher.close(1)
+    await yielding.close(1)

@@ -84,10 +84,22 @@ def test_batch_policy_defaults_and_overrides() -> None:
         max_queue=7,
         queue_timeout_ms=250,
         max_concurrent_batches=4,
+        workers=1,
     )
     assert batch_policy(explicit, "visual", True) == BatchPolicy(
         3, 0.0, 4, 7, 0.25, inline_call_max_s=0.002
     )
+
+
+def test_only_an_inference_process_answers_a_lone_request_inside_submit() -> None:
+    """With W > 1 the batchers live in the inference process, whose loop reads no HTTP: a lone
+    batch allowed on the loop is called inside submit_many. With one process, where the loop
+    also reads requests, it waits for the batch loop's turn."""
+    for kind in ("visual", "textual"):
+        assert batch_policy(Settings(workers=2), kind, True).inline_in_submit
+        assert not batch_policy(Settings(workers=1), kind, True).inline_in_submit
+    assert batch_policy(Settings(), "visual", True).inline_in_submit == (usable_cpus() > 1)
+    assert not batch_policy(Settings(), "visual", False).inline_in_submit  # CPU: W=1
 
 
 def test_only_an_accelerator_calls_a_lone_batch_on_the_event_loop() -> None:

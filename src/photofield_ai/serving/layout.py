@@ -141,6 +141,8 @@ def batch_policy(
         split_across_slots=adaptive_cpu,
         wait_for_expected_s=WAIT_FOR_EXPECTED_S if adaptive_cpu and kind == "visual" else 0.0,
         inline_call_max_s=inline_call_max_ms(settings, accelerated) / 1000.0,
+        # With W > 1 the batchers live in the inference process, whose loop does no HTTP.
+        inline_in_submit=workers(settings, accelerated) > 1,
         alone_only_in_idle_server=layout.alone_only_in_idle_server,
     )
 
