@@ -134,6 +134,13 @@ def assert_lone_calls_skip_the_thread_hops_only_when_alone(srv: ServerProcess) -
         assert lone_thumbnails_on_the_loop(srv, 12) == 0
     time.sleep(0.3)  # the server sees the connection close and ends that request
     assert lone_thumbnails_on_the_loop(srv, 12) >= 10
+    # What a call on the loop answers (with W > 1, inside the inference process's submit) is
+    # the model's row for this image.
+    model = load_embedding_model(parse(FAST["PHOTOFIELD_AI_VISUAL_MODEL"]), CPU, "visual")
+    row = model.run(model.encoder.preprocess(THUMB, DecodeLimits())[None])[0]
+    r = httpx.post(srv.url + "/image-embeddings", files={"image": ("a.jpg", THUMB)})
+    answered = decode_embedding(r.json()["images"][0]["embedding_f16_b64"])
+    np.testing.assert_array_equal(answered, row.astype(np.float16))
 
 
 def test_a_lone_request_alone_in_the_server_calls_the_model_on_the_event_loop(

@@ -188,6 +188,9 @@ class InferenceServer:
         except Exception as exc:  # refused at once: queue full, shutting down
             worker.out.write(ipc.result(request, _status(exc), str(exc)))
             return
+        if outputs.done():  # answered inside submit_many (a lone batch, called on this loop)
+            self._answer(worker, request, model, offsets, outputs)  # in this turn's write
+            return
         worker.requests[request] = outputs
         outputs.add_done_callback(functools.partial(self._answer, worker, request, model, offsets))
 
