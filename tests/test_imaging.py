@@ -3,6 +3,7 @@ against the peaks real decodes reach."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import subprocess
@@ -176,9 +177,10 @@ def test_declared_pixels_read_jpeg_headers_with_libjpeg_turbo_and_agree_with_pil
         assert declared_pixels(junk) is None
 
 
-def test_a_threads_reused_decompressor_decodes_as_pyturbojpeg_does() -> None:
-    """jpeg_rgb (one decompressor per thread) gives PyTurboJPEG's own pixels at every DCT
-    scale, and a damaged file between good ones neither passes nor spoils the next decode."""
+def test_jpeg_rgb_decodes_as_pyturbojpeg_does() -> None:
+    """jpeg_rgb (the short calls keeping the interpreter lock) gives PyTurboJPEG's own pixels
+    at every DCT scale, and a damaged file between good ones neither passes nor spoils the
+    next decode."""
     import turbojpeg
 
     from photofield_ai.imaging import decode
@@ -199,25 +201,52 @@ def test_a_threads_reused_decompressor_decodes_as_pyturbojpeg_does() -> None:
     assert decode.jpeg_size(turbo, good) == (333, 250)
 
 
-def test_each_thread_has_its_own_decompressor_and_frees_it() -> None:
-    """Threads decoding at once get correct pixels (no handle is shared), and a thread's
-    decompressor goes with the thread."""
-    import weakref
+def _without_huffman_tables(data: bytes) -> bytes:
+    """The JPEG with its DHT segments removed (as Motion-JPEG frames are sent): a decoder
+    must use the standard tables, which Pillow's encoder used."""
+    out, pos = bytearray(data[:2]), 2
+    while data[pos + 1] != 0xDA:  # up to the start of scan
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if data[pos + 1] != 0xC4:
+            out += data[pos : pos + 2 + length]
+        pos += 2 + length
+    return bytes(out + data[pos:])
 
+
+def test_no_image_decodes_with_tables_left_by_the_one_before() -> None:
+    """libjpeg keeps an image's Huffman tables for the next image on the same decompressor.
+    A file without its own tables decodes the same after a file with other tables (and after
+    a damaged one) as it does first: nothing of one request reaches another's pixels."""
+    from photofield_ai.imaging import decode
+
+    turbo: Any = decode._turbojpeg()
+    plain = encode(photo(120, 90, seed=2), "JPEG", quality=90)
+    stripped = _without_huffman_tables(plain)
+    assert len(stripped) < len(plain)
+    first = decode.jpeg_rgb(turbo, stripped, 1, 1)
+    np.testing.assert_array_equal(first, decode.jpeg_rgb(turbo, plain, 1, 1))
+    optimized = encode(photo(120, 90, seed=3), "JPEG", quality=90, optimize=True)
+    damaged = bytearray(optimized)
+    damaged[len(damaged) // 3] ^= 0xFF
+    for before in (optimized, bytes(damaged), b"\xff\xd8" + b"\x00" * 100):
+        with contextlib.suppress(OSError):
+            decode.jpeg_rgb(turbo, before, 1, 1)
+        np.testing.assert_array_equal(decode.jpeg_rgb(turbo, stripped, 1, 1), first)
+
+
+def test_threads_decode_at_once() -> None:
     from photofield_ai.imaging import decode
 
     turbo: Any = decode._turbojpeg()
     images = [encode(photo(200 + i, 150, seed=i), "JPEG", quality=85) for i in range(4)]
     expected = [decode.jpeg_rgb(turbo, data, 1, 1) for data in images]
     failures: list[str] = []
-    handles: list[Any] = []
 
     def work(i: int) -> None:
         for n in range(40):
             k = (i + n) % len(images)
             if not np.array_equal(decode.jpeg_rgb(turbo, images[k], 1, 1), expected[k]):
                 failures.append(f"thread {i}, image {k}")
-        handles.append(weakref.ref(decode._thread.decompressor))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
@@ -225,5 +254,3 @@ def test_each_thread_has_its_own_decompressor_and_frees_it() -> None:
     for t in threads:
         t.join()
     assert not failures
-    assert len({id(ref) for ref in handles}) == 4
-    assert all(ref() is None for ref in handles), "a finished thread's decompressor is freed"

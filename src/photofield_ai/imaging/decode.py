@@ -16,6 +16,7 @@ Rules (README "Limits"):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import math
 import threading
@@ -116,16 +117,57 @@ def _turbojpeg() -> object | None:
 
 
 _TJPF_RGB = 0  # turbojpeg.TJPF_RGB
-_thread = threading.local()
+_quick_lock = threading.Lock()
+_quick: Any = None
 
 
-def jpeg_size(turbo: Any, data: bytes) -> tuple[int, int]:
-    """A JPEG's width and height, read by libjpeg-turbo on this thread's decompressor; raises
-    as PyTurboJPEG's decode_header does."""
-    handle = _decompressor(turbo)
-    src = np.frombuffer(data, dtype=np.uint8)
+def _held_lock_calls(turbo: Any) -> Any:
+    """libturbojpeg's short calls (make and destroy a decompressor, read a header) loaded
+    through ctypes.PyDLL, which keeps the interpreter lock during a call. PyTurboJPEG's decode
+    makes four calls into the library through ctypes.CDLL, and each releases the lock and
+    takes it back: with the event loop and two decode threads wanting it, each hand-over is a
+    wake-up and a wait, where the three short calls take 1-10 µs. Only the decompression
+    itself (hundreds of µs) lets go of the lock now. A decompressor is still made and
+    destroyed per image, as PyTurboJPEG does: libjpeg keeps an image's Huffman and
+    quantization tables for the next one (abbreviated datastreams), so a kept decompressor
+    decoded a file without tables with the previous file's — another request's."""
+    global _quick
+    if _quick is None:
+        with _quick_lock:
+            if _quick is None:
+                lib = ctypes.PyDLL(turbo._TurboJPEG__find_turbojpeg())
+                lib.tjInitDecompress.restype = ctypes.c_void_p
+                lib.tjDestroy.argtypes = [ctypes.c_void_p]
+                lib.tjDestroy.restype = ctypes.c_int
+                lib.tjDecompressHeader3.argtypes = [
+                    ctypes.c_void_p,
+                    ctypes.POINTER(ctypes.c_ubyte),
+                    ctypes.c_ulong,
+                    *[ctypes.POINTER(ctypes.c_int)] * 4,
+                ]
+                lib.tjDecompressHeader3.restype = ctypes.c_int
+                _quick = lib
+    return _quick
+
+
+@contextlib.contextmanager
+def _decompressor(turbo: Any) -> Iterator[tuple[Any, object]]:
+    """A fresh libjpeg-turbo decompressor for one image, and the short calls to use on it."""
+    quick = _held_lock_calls(turbo)
+    handle = quick.tjInitDecompress()
+    if not handle:
+        raise OSError("libjpeg-turbo could not make a decompressor")
+    try:
+        yield quick, handle
+    finally:
+        quick.tjDestroy(handle)
+
+
+def _read_header(
+    turbo: Any, quick: Any, handle: object, src: npt.NDArray[np.uint8]
+) -> tuple[int, int]:
     width, height, subsample, colorspace = c_int(), c_int(), c_int(), c_int()
-    status = turbo._TurboJPEG__decompress_header(
+    status = quick.tjDecompressHeader3(
         handle,
         turbo._TurboJPEG__getaddr(src),
         src.size,
@@ -139,53 +181,37 @@ def jpeg_size(turbo: Any, data: bytes) -> tuple[int, int]:
     return width.value, height.value
 
 
-def jpeg_rgb(turbo: Any, data: bytes, num: int, den: int) -> npt.NDArray[np.uint8]:
-    """PyTurboJPEG's decode(data, TJPF_RGB, scaling_factor=(num, den)), on this thread's
-    decompressor (see _decompressor): the same pixels and the same errors."""
-    width, height = jpeg_size(turbo, data)
-    width, height = -(-width * num // den), -(-height * num // den)  # libjpeg's TJSCALED
-    out = np.empty((height, width, 3), dtype=np.uint8)
-    handle = _decompressor(turbo)
+def jpeg_size(turbo: Any, data: bytes) -> tuple[int, int]:
+    """A JPEG's width and height, read by libjpeg-turbo without letting go of the interpreter
+    lock (_held_lock_calls); raises as PyTurboJPEG's decode_header does."""
     src = np.frombuffer(data, dtype=np.uint8)
-    status = turbo._TurboJPEG__decompress(
-        handle,
-        turbo._TurboJPEG__getaddr(src),
-        src.size,
-        turbo._TurboJPEG__getaddr(out),
-        width,
-        0,
-        height,
-        _TJPF_RGB,
-        0,
-    )
-    if status != 0:
-        turbo._TurboJPEG__report_error(handle)
-    return out
+    with _decompressor(turbo) as (quick, handle):
+        return _read_header(turbo, quick, handle, src)
 
 
-class _Decompressor:
-    """One thread's libjpeg-turbo decompressor, destroyed with the thread's locals."""
-
-    def __init__(self, turbo: Any) -> None:
-        self._destroy = turbo._TurboJPEG__destroy
-        self.handle = turbo._TurboJPEG__init_decompress()
-
-    def __del__(self) -> None:
-        self._destroy(self.handle)
-
-
-def _decompressor(turbo: Any) -> object:
-    """This thread's decompressor handle, made on first use and kept. PyTurboJPEG makes and
-    destroys one per call: four calls into the library per decode, each releasing and taking
-    back the interpreter lock — with the event loop and two decode threads wanting it, each
-    hand-over is a wake-up and a wait. A handle may serve one call at a time (a thread's), and
-    stays usable after an error (libjpeg-turbo aborts the decompression on its way out).
-    Measured on the simulated accelerator, W=1, C=64 thumbnails, alternating rounds: 2.05 →
-    1.85 and 1.80 → 1.72 ms of server CPU per request (BENCHMARKS.md "compare")."""
-    decompressor: _Decompressor | None = getattr(_thread, "decompressor", None)
-    if decompressor is None:
-        decompressor = _thread.decompressor = _Decompressor(turbo)
-    return decompressor.handle
+def jpeg_rgb(turbo: Any, data: bytes, num: int, den: int) -> npt.NDArray[np.uint8]:
+    """PyTurboJPEG's decode(data, TJPF_RGB, scaling_factor=(num, den)) — the same pixels and
+    the same errors — with one hand-over of the interpreter lock instead of four
+    (_held_lock_calls)."""
+    src = np.frombuffer(data, dtype=np.uint8)
+    with _decompressor(turbo) as (quick, handle):
+        width, height = _read_header(turbo, quick, handle, src)
+        width, height = -(-width * num // den), -(-height * num // den)  # libjpeg's TJSCALED
+        out = np.empty((height, width, 3), dtype=np.uint8)
+        status = turbo._TurboJPEG__decompress(
+            handle,
+            turbo._TurboJPEG__getaddr(src),
+            src.size,
+            turbo._TurboJPEG__getaddr(out),
+            width,
+            0,
+            height,
+            _TJPF_RGB,
+            0,
+        )
+        if status != 0:
+            turbo._TurboJPEG__report_error(handle)
+        return out
 
 
 def turbojpeg_available() -> bool:
