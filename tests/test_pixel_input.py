@@ -13,6 +13,7 @@ import pytest
 from photofield_ai.clip.preprocess import NORMALIZE_BIAS, NORMALIZE_SCALE, preprocess_image
 from photofield_ai.clip.wire import encode_embedding
 from photofield_ai.config import Settings
+from photofield_ai.families import ImageEncoder
 from photofield_ai.imaging.decode import DecodeLimits
 from photofield_ai.runtime.graph import with_pixel_input
 from photofield_ai.runtime.session import ModelLoadError, OnnxSession
@@ -35,7 +36,9 @@ def images() -> list[bytes]:
 
 
 def embed(model: LoadedEmbeddingModel, data: list[bytes]) -> np.ndarray:
-    rows = np.stack([model.encoder.preprocess(d, DecodeLimits()) for d in data])
+    encoder = model.encoder
+    assert isinstance(encoder, ImageEncoder)
+    rows = np.stack([encoder.preprocess(d, DecodeLimits()) for d in data])
     return np.asarray(model.run(rows), dtype=np.float32)
 
 
@@ -51,6 +54,7 @@ def test_a_float32_model_given_pixels_gives_bit_identical_embeddings(
     assert rewritten.encoder.spec.input_type == "tensor(uint8)"
     assert rewritten.session.input_shape[1:] == [224, 224, 3]
     assert plain.encoder.spec.input_type == "tensor(float)"
+    assert isinstance(rewritten.encoder, ImageEncoder)
     row = rewritten.encoder.preprocess(images()[0], DecodeLimits())
     assert row.dtype == np.uint8 and row.shape == (224, 224, 3)  # no float pixels on the CPU
     # The graph does the CPU's arithmetic (× scale + bias in float32) in the same order.

@@ -137,6 +137,7 @@ def assert_lone_calls_skip_the_thread_hops_only_when_alone(srv: ServerProcess) -
     # What a call on the loop answers (with W > 1, inside the inference process's submit) is
     # the model's row for this image.
     model = load_embedding_model(parse(FAST["PHOTOFIELD_AI_VISUAL_MODEL"]), CPU, "visual")
+    assert isinstance(model.encoder, ClipImageEncoder)
     row = model.run(model.encoder.preprocess(THUMB, DecodeLimits())[None])[0]
     r = httpx.post(srv.url + "/image-embeddings", files={"image": ("a.jpg", THUMB)})
     answered = decode_embedding(r.json()["images"][0]["embedding_f16_b64"])
