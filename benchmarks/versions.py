@@ -74,12 +74,12 @@ def compare(
 ) -> list[list[str]]:
     workload = thumbnails() if kind == "image" else searches()
     workdir = Path(tempfile.mkdtemp(prefix="versions-"))
-    servers = {
-        "base": _server(workdir / "base", base_src, workers, {}),
-        "head": _server(workdir / "head", head_src, workers, head_env or {}),
-    }
-    tallies = {name: Tally() for name in servers}
+    servers: dict[str, ServerProcess] = {}
+    tallies = {name: Tally() for name in ("base", "head")}
     try:
+        # Started inside the try: a head that fails to start must not leave the base running.
+        servers["base"] = _server(workdir / "base", base_src, workers, {})
+        servers["head"] = _server(workdir / "head", head_src, workers, head_env or {})
         for server in servers.values():
             run_load(server.url, workload, concurrency, 1.0, 1.0)  # warm up
         for _ in range(rounds):
