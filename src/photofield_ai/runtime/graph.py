@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,6 @@ from photofield_ai.memory import trim_malloc
 log = logging.getLogger(__name__)
 
 PIXELS_INPUT = "pixels"
-_FLOAT_TYPES = (1, 10)  # onnx.TensorProto.FLOAT, FLOAT16
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
@@ -56,12 +56,31 @@ def with_pixel_input(
     (the model is then loaded as it is, and checked as it is), or a model too large to
     rewrite. A file `onnx` cannot read raises ValueError."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError, OSError and others for a bad file
         raise ValueError(f"cannot read {path} as ONNX: {exc}") from None
+    try:
+        if not _prepend_normalization(model, scale, bias):
+            return False
+        if model.ByteSize() > _PROTOBUF_LIMIT:
+            log.warning("%s is too large to rewrite for uint8 pixels; the CPU normalizes", path)
+            return False
+        onnx.save(model, str(destination))
+        return True
+    finally:
+        # The parsed model's memory, freed in many pieces, back to the OS now — rewritten or
+        # not (a file that already takes uint8 is parsed just the same).
+        del model
+        trim_malloc()
+
+
+def _prepend_normalization(model: Any, scale: Sequence[float], bias: Sequence[float]) -> bool:
+    """Rewrite `model` in place (see with_pixel_input); False, untouched, if its one input is
+    not a float [batch, 3, S, S] image."""
+    from onnx import TensorProto, helper, numpy_helper
+
     graph = model.graph
     inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     if len(inputs) != 1:
@@ -70,7 +89,7 @@ def with_pixel_input(
     tensor = image.type.tensor_type
     dims = tensor.shape.dim
     if (
-        tensor.elem_type not in _FLOAT_TYPES
+        tensor.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16)
         or len(dims) != 4
         or dims[1].dim_value != 3
         or not dims[2].dim_value
@@ -115,10 +134,4 @@ def with_pixel_input(
     )
     for node in reversed(nodes):  # ahead of every node that reads the image: topological order
         graph.node.insert(0, node)
-    if model.ByteSize() > _PROTOBUF_LIMIT:
-        log.warning("%s is too large to rewrite for uint8 pixels; the CPU normalizes", path)
-        return False
-    onnx.save(model, str(destination))
-    del model
-    trim_malloc()  # the parsed model's memory, freed in many pieces: back to the OS now
     return True
