@@ -151,23 +151,21 @@ def _held_lock_calls(turbo: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _decompressor(turbo: Any) -> Iterator[tuple[Any, object]]:
-    """A fresh libjpeg-turbo decompressor for one image, and the short calls to use on it."""
+def _decompressor(turbo: Any) -> Iterator[object]:
+    """A fresh libjpeg-turbo decompressor for one image."""
     quick = _held_lock_calls(turbo)
     handle = quick.tjInitDecompress()
     if not handle:
         raise OSError("libjpeg-turbo could not make a decompressor")
     try:
-        yield quick, handle
+        yield handle
     finally:
         quick.tjDestroy(handle)
 
 
-def _read_header(
-    turbo: Any, quick: Any, handle: object, src: npt.NDArray[np.uint8]
-) -> tuple[int, int]:
+def _read_header(turbo: Any, handle: object, src: npt.NDArray[np.uint8]) -> tuple[int, int]:
     width, height, subsample, colorspace = c_int(), c_int(), c_int(), c_int()
-    status = quick.tjDecompressHeader3(
+    status = _held_lock_calls(turbo).tjDecompressHeader3(
         handle,
         turbo._TurboJPEG__getaddr(src),
         src.size,
@@ -185,8 +183,8 @@ def jpeg_size(turbo: Any, data: bytes) -> tuple[int, int]:
     """A JPEG's width and height, read by libjpeg-turbo without letting go of the interpreter
     lock (_held_lock_calls); raises as PyTurboJPEG's decode_header does."""
     src = np.frombuffer(data, dtype=np.uint8)
-    with _decompressor(turbo) as (quick, handle):
-        return _read_header(turbo, quick, handle, src)
+    with _decompressor(turbo) as handle:
+        return _read_header(turbo, handle, src)
 
 
 def jpeg_rgb(turbo: Any, data: bytes, num: int, den: int) -> npt.NDArray[np.uint8]:
@@ -194,8 +192,8 @@ def jpeg_rgb(turbo: Any, data: bytes, num: int, den: int) -> npt.NDArray[np.uint
     the same errors — with one hand-over of the interpreter lock instead of four
     (_held_lock_calls)."""
     src = np.frombuffer(data, dtype=np.uint8)
-    with _decompressor(turbo) as (quick, handle):
-        width, height = _read_header(turbo, quick, handle, src)
+    with _decompressor(turbo) as handle:
+        width, height = _read_header(turbo, handle, src)
         width, height = -(-width * num // den), -(-height * num // den)  # libjpeg's TJSCALED
         out = np.empty((height, width, 3), dtype=np.uint8)
         status = turbo._TurboJPEG__decompress(
