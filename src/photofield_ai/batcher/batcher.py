@@ -564,7 +564,7 @@ class DynamicBatcher:
         (_may_call_inline). The batch loop would make the same call a turn or two of the
         event loop later — its wake-up, a task for the batch, the waiter's wake-up — which a
         lone request on an accelerator pays for in its round trip. Measured on the simulated
-        accelerator at W=2 (BENCHMARKS.md "compare"): a lone thumbnail's p50 3.84 → 3.44 ms;
+        accelerator at W=2 (BENCHMARKS.md "compare"): a lone thumbnail's p50 4.31 → 3.93 ms;
         at W=1, where the loop also serves HTTP, 4 clients lost a quarter of their req/s."""
         return (
             self.policy.inline_in_submit
